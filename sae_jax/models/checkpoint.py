@@ -1,0 +1,80 @@
+"""Converted-model checkpoints: Orbax params + HF `config.json` + tokenizer files, restorable on any mesh."""
+
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from sae_jax.errors import UserError
+from sae_jax.models import sharding as shd
+from sae_jax.models.config import ModelConfig
+from sae_jax.models.loading import abstract_model
+from sae_jax.models.transformer import Transformer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json", "tokenizer.model")
+
+
+def save(out_dir: str, model: Transformer, hf_config: dict, tokenizer_dir: str | None = None) -> str:
+  """Writes the checkpoint into a temp dir beside `out_dir`, then renames: complete or absent."""
+  out_dir = os.path.abspath(out_dir)
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+  try:
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, "params"), params)
+      ckptr.wait_until_finished()
+    cfg = dict(hf_config)
+    cfg["sae_jax"] = {"dtype": jnp.dtype(model.dtype).name}
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(cfg, f, indent=2)
+    if tokenizer_dir:
+      for name in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(tokenizer_dir, name)):
+          shutil.copy(os.path.join(tokenizer_dir, name), tmp)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+  return out_dir
+
+
+def restore(ckpt_dir: str, mesh=None, dtype=None) -> Transformer:
+  """Restores onto `mesh` (default: one device) with each leaf sharded by the logical rules."""
+  ckpt_dir = os.path.abspath(ckpt_dir)
+  if not os.path.isdir(os.path.join(ckpt_dir, "params")):
+    raise UserError(f"{ckpt_dir} is not a converted checkpoint (no params/ dir); run launch/convert.py")
+  with open(os.path.join(ckpt_dir, "config.json")) as f:
+    hf_cfg = json.load(f)
+  cfg = ModelConfig.from_hf_dict(hf_cfg)
+  saved_dtype = jnp.dtype(hf_cfg.get("sae_jax", {}).get("dtype", "bfloat16"))
+  dtype = jnp.dtype(dtype or saved_dtype)
+  mesh = mesh or shd.make_mesh(devices=jax.devices()[:1])
+  graphdef, abstract = abstract_model(cfg, saved_dtype)
+  pure = nnx.to_pure_dict(abstract)
+  target = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                        pure, shd.param_shardings(pure, mesh))
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.join(ckpt_dir, "params"), target)
+  if dtype != saved_dtype:
+    graphdef, abstract = abstract_model(cfg, dtype)
+    params = jax.tree.map(lambda x: x.astype(dtype), params)
+  nnx.replace_by_pure_dict(abstract, params)
+  return nnx.merge(graphdef, abstract)
+
+
+def load_any(source: str, dtype=None, mesh=None) -> Transformer:
+  """A converted checkpoint dir, or anything `load_model` reads (HF dir, GGUF, hub id)."""
+  if os.path.isdir(os.path.join(source, "params")):
+    return restore(source, mesh=mesh, dtype=dtype)
+  from sae_jax.models.loading import load_model
+  return load_model(source, dtype=dtype or jnp.bfloat16, mesh=mesh)

@@ -1,0 +1,250 @@
+"""The decoder-only transformer (Llama-3 and Qwen2) as Flax NNX modules, with named hook sites.
+
+Hook sites per layer, in execution order:
+  resid_pre  -> attention -> resid_mid (= resid_pre + attn_out) -> MLP -> mlp_out
+  resid_post (= resid_mid + mlp_out), which is the next layer's resid_pre and HF `hidden_states[L+1]`.
+A `Hooks` value names sites to capture and sites to transform (any jittable `x -> x`). The model knows
+nothing about SAEs: activation collection captures a site, steering transforms one.
+"""
+
+import dataclasses
+import math
+from typing import Callable, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sae_jax.models.config import ModelConfig
+
+SITES = ("resid_pre", "resid_mid", "mlp_out", "resid_post")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """Which (layer, site) pairs to capture, and which to replace by `transform(x)` (applied before capture)."""
+
+  capture: frozenset[tuple[int, str]] = frozenset()
+  transforms: Mapping[tuple[int, str], Callable[[jax.Array], jax.Array]] = dataclasses.field(
+      default_factory=dict)
+
+  def __post_init__(self):
+    for _, site in list(self.capture) + list(self.transforms):
+      if site not in SITES:
+        raise ValueError(f"unknown hook site {site!r}: expected one of {SITES}")
+
+  def apply(self, layer: int, site: str, x: jax.Array, captured: dict) -> jax.Array:
+    fn = self.transforms.get((layer, site))
+    if fn is not None:
+      x = fn(x).astype(x.dtype)
+    if (layer, site) in self.capture:
+      captured[(layer, site)] = x
+    return x
+
+  def last_layer_needed(self) -> int:
+    return max(layer for layer, _ in list(self.capture) + list(self.transforms))
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Per-layer keys/values [B, S, kv_heads, head_dim], which slots hold real tokens, and the write offset."""
+
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  valid: jax.Array  # [B, S] bool
+  index: jax.Array  # int32 scalar: slots [0, index) are written
+
+  @classmethod
+  def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype) -> "KVCache":
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return cls(
+        k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        valid=jnp.zeros((batch, max_len), bool),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+@flax.struct.dataclass
+class ForwardOutput:
+  logits: jax.Array | None  # [B, T, vocab]; None when the forward stopped early
+  captured: dict  # {(layer, site): [B, T, d]}
+  cache: KVCache | None
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """RoPE inverse frequencies in float32, with Llama-3 NTK-by-parts scaling when configured."""
+  exponents = jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta**exponents)
+  s = cfg.rope_scaling
+  if s is None:
+    return inv_freq
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+  smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+      s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """x: [B, T, heads, head_dim]; rotate-half convention of HF (not llama.cpp's interleaved one)."""
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, hd/2]
+  emb = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos + rotated * sin
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, dtype, *, rngs: nnx.Rngs):
+    del rngs
+    self.eps = eps
+    self.weight = nnx.Param(jnp.ones((dim,), dtype))
+
+  def __call__(self, x):
+    # As HF: normalise in float32, cast back, then scale by the weight in the model dtype.
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return self.weight[...] * xf.astype(x.dtype)
+
+
+def _linear(cfg_dtype, precision, rngs, din, dout, bias=False):
+  return nnx.Linear(din, dout, use_bias=bias, dtype=cfg_dtype, param_dtype=cfg_dtype,
+                    precision=precision, rngs=rngs)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, dtype, precision, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, hd = cfg.hidden_size, cfg.head_dim
+    self.q_proj = _linear(dtype, precision, rngs, d, cfg.num_heads * hd, cfg.qkv_bias)
+    self.k_proj = _linear(dtype, precision, rngs, d, cfg.num_kv_heads * hd, cfg.qkv_bias)
+    self.v_proj = _linear(dtype, precision, rngs, d, cfg.num_kv_heads * hd, cfg.qkv_bias)
+    self.o_proj = _linear(dtype, precision, rngs, cfg.num_heads * hd, d, cfg.o_bias)
+    self.precision = precision
+
+  def __call__(self, x, positions, inv_freq, key_valid, kv_cache, cache_index):
+    """key_valid: [B, S] for the keys attended to; kv_cache: (k, v) of this layer or None."""
+    cfg = self.cfg
+    b, t, _ = x.shape
+    q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    query_slot = jnp.arange(t)
+    if kv_cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k, cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v, cache_index, axis=1)
+      query_slot = query_slot + cache_index
+    key_slot = jnp.arange(k.shape[1])
+    mask = (key_slot[None, :] <= query_slot[:, None])[None] & key_valid[:, None, :]  # [B, T, S]
+
+    groups = cfg.num_heads // cfg.num_kv_heads
+    q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, precision=self.precision,
+                        preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=self.precision)
+    out = self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
+    return out, ((k, v) if kv_cache is not None else None)
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, dtype, precision, *, rngs: nnx.Rngs):
+    self.gate_proj = _linear(dtype, precision, rngs, cfg.hidden_size, cfg.intermediate_size)
+    self.up_proj = _linear(dtype, precision, rngs, cfg.hidden_size, cfg.intermediate_size)
+    self.down_proj = _linear(dtype, precision, rngs, cfg.intermediate_size, cfg.hidden_size)
+
+  def __call__(self, x):
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, dtype, precision, *, rngs: nnx.Rngs):
+    self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs=rngs)
+    self.self_attn = Attention(cfg, dtype, precision, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs=rngs)
+    self.mlp = MLP(cfg, dtype, precision, rngs=rngs)
+
+
+class Transformer(nnx.Module):
+  """Llama / Qwen2 causal LM. Parameter names follow HF's so the loader's mapping stays obvious."""
+
+  def __init__(self, cfg: ModelConfig, dtype=jnp.bfloat16, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = dtype
+    # f32 means "parity": ask for true f32 matmuls (TPUs default to bf16 passes otherwise).
+    precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+    self.precision = precision
+    self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=dtype,
+                                  rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(cfg, dtype, precision, rngs=rngs)
+                            for _ in range(cfg.num_layers)])
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, rngs=rngs)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = _linear(dtype, precision, rngs, cfg.hidden_size, cfg.vocab_size)
+
+  def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+               attention_mask: jax.Array | None = None, cache: KVCache | None = None,
+               hooks: Hooks | None = None, stop_after_layer: int | None = None) -> ForwardOutput:
+    """tokens [B, T]. attention_mask [B, T] marks real tokens (left or right padding both work).
+
+    positions default to the count of real tokens before each one. With `cache`, the T tokens are written at
+    slots [cache.index, cache.index + T) and attend to every valid earlier slot. `stop_after_layer=L` runs
+    layers 0..L only and returns no logits (the activation collector's truncated forward).
+    """
+    cfg, hooks = self.cfg, hooks or Hooks()
+    b, t = tokens.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, t), bool)
+    attention_mask = attention_mask.astype(bool)
+    if positions is None:
+      positions = jnp.cumsum(attention_mask, axis=1) - 1
+      if cache is not None:
+        positions = positions + jnp.sum(cache.valid, axis=1, keepdims=True)
+      positions = jnp.maximum(positions, 0)
+    if cache is not None:
+      key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache.index, axis=1)
+    else:
+      key_valid = attention_mask
+    inv_freq = rope_inv_freq(cfg)
+    last = cfg.num_layers - 1 if stop_after_layer is None else stop_after_layer
+
+    captured = {}
+    new_k, new_v = [], []
+    x = self.embed_tokens(tokens)
+    for i in range(last + 1):
+      layer = self.layers[i]
+      x = hooks.apply(i, "resid_pre", x, captured)
+      layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
+      attn, kv = layer.self_attn(layer.input_layernorm(x), positions, inv_freq, key_valid, layer_cache,
+                                 None if cache is None else cache.index)
+      if kv is not None:
+        new_k.append(kv[0])
+        new_v.append(kv[1])
+      x = hooks.apply(i, "resid_mid", x + attn, captured)
+      mlp_out = hooks.apply(i, "mlp_out", layer.mlp(layer.post_attention_layernorm(x)), captured)
+      x = hooks.apply(i, "resid_post", x + mlp_out, captured)
+
+    if stop_after_layer is not None:
+      return ForwardOutput(logits=None, captured=captured, cache=None)
+    x = self.norm(x)
+    if cfg.tie_word_embeddings:
+      logits = jnp.dot(x, self.embed_tokens.embedding[...].T, precision=self.precision)
+    else:
+      logits = self.lm_head(x)
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=key_valid, index=cache.index + t)
+    return ForwardOutput(logits=logits, captured=captured, cache=new_cache)

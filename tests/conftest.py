@@ -1,0 +1,54 @@
+"""Test session set-up: 8 fake CPU devices, no hub, and the offline assets built once."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+assert len(jax.devices()) == 8, "tests need 8 fake CPU devices: set XLA_FLAGS before importing jax"
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+@pytest.fixture(scope="session")
+def assets():
+  from sae_jax.assets import build_all
+  return build_all()
+
+
+def _tiny_hf(kind: str, tie: bool = False):
+  import torch
+  import transformers
+  common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                tie_word_embeddings=tie, rms_norm_eps=1e-5)
+  torch.manual_seed(0)
+  if kind == "llama":
+    cfg = transformers.LlamaConfig(**common, rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32})
+    model = transformers.LlamaForCausalLM(cfg)
+  else:
+    cfg = transformers.Qwen2Config(**common, rope_theta=10000.0, use_sliding_window=False)
+    model = transformers.Qwen2ForCausalLM(cfg)
+  # Random init leaves biases and norms at 0/1; perturb them so the test sees every parameter.
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "norm" in name:
+        p.add_(0.1 * torch.randn_like(p))
+  return model.eval()
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_hf_dir(request, tmp_path_factory):
+  """(HF torch model, dir with its safetensors): tiny random Llama-3 (llama3 RoPE) or Qwen2 (q/k/v bias)."""
+  model = _tiny_hf(request.param)
+  path = str(tmp_path_factory.mktemp(f"tiny_{request.param}"))
+  model.save_pretrained(path)
+  return model, path
