@@ -531,39 +531,17 @@ def _build_qwen_tokenizer(cache_dir: str, target: str) -> None:
 # SmolLM2: GGUF -> float32 HF checkpoint via transformers
 
 
-@contextlib.contextmanager
-def _gguf_loading_allowed() -> Iterator[None]:
-  """Let ``from_pretrained(gguf_file=...)`` run without ``accelerate`` installed.
-
-  transformers refuses GGUF loading up front when accelerate is missing, but the
-  CPU de-quantizing path used here does not need it. Only the gate in
-  ``modeling_utils`` is switched, and only for the duration of the call.
-  """
-  import transformers.modeling_utils as mu
-
-  if mu.is_accelerate_available():
-    yield
-    return
-  original = mu.is_accelerate_available
-  mu.is_accelerate_available = lambda: True
-  try:
-    yield
-  finally:
-    mu.is_accelerate_available = original
-
-
 def load_gguf_model(gguf_path: str):
   """SmolLM2 (or any supported) GGUF de-quantized to a float32 torch model, eval mode."""
   import torch
   from transformers import AutoModelForCausalLM, GgufConfig
 
-  with _gguf_loading_allowed():
-    model = AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(gguf_path),
-      gguf_file=os.path.basename(gguf_path),
-      dtype=torch.float32,
-      quantization_config=GgufConfig(dequantize=True),
-    )
+  model = AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(gguf_path),
+    gguf_file=os.path.basename(gguf_path),
+    dtype=torch.float32,
+    quantization_config=GgufConfig(dequantize=True),
+  )
   return model.eval()
 
 

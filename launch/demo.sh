@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The pipeline on the embedded default (SmolLM2-135M-Instruct from a PyPI wheel), end to end on a CPU.
+# Stages so far: convert (GGUF -> Orbax), chat (greedy answer), parity vs HF transformers (torch).
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+OUT="${DEMO_OUT:-runs/demo}"
+mkdir -p "$OUT"
+ASSETS_JSON="$(.venv/bin/python -m sae_jax.assets --cache_dir "$SAE_JAX_ASSETS")"
+asset() { .venv/bin/python -c "import json,sys; print(json.loads(sys.argv[1])['$1'])" "$ASSETS_JSON"; }
+GGUF="$(asset smollm2_gguf)"
+HF_DIR="$(asset smollm2_hf)"
+PY=.venv/bin/python
+start=$(date +%s)
+
+echo "== [1/3] convert: $GGUF -> $OUT/model"
+$PY launch/convert.py --model="$GGUF" --out="$OUT/model" --dtype=float32 --verbosity=-1 \
+  | tee "$OUT/convert.log"
+
+echo "== [2/3] chat: greedy answer from the converted checkpoint (bf16)"
+$PY launch/chat.py --model="$OUT/model" --dtype=bfloat16 --max_new_tokens=48 --verbosity=-1 \
+  --prompt="What is the capital of France? Answer in one sentence." | tee "$OUT/chat.log"
+
+echo "== [3/3] parity: our model vs HF transformers (torch), float32"
+$PY launch/compare_reference.py --model="$OUT/model" --reference="$HF_DIR" --dtype=float32 --layer=19 --verbosity=-1 \
+  --out="$OUT/parity.json" > /dev/null
+
+$PY - "$OUT" "$start" <<'PY'
+import json, os, sys, time
+out, start = sys.argv[1], int(sys.argv[2])
+conv = json.loads(open(os.path.join(out, "convert.log")).read().strip().splitlines()[-1])
+chat = open(os.path.join(out, "chat.log")).read().strip().splitlines()
+par = json.load(open(os.path.join(out, "parity.json")))
+lg, site = par["logits"], par["layer19_resid_post"]
+print("\n== demo report")
+print(f"convert : Orbax checkpoint at {conv['checkpoint']} ({conv['seconds']} s)")
+print(f"chat    : {chat[1] if len(chat) > 1 else chat}")
+print(f"parity  : {lg['tokens']} tokens, max|dlogit| {lg['max_abs_logit_diff']:.2e}, mean KL {lg['mean_kl']:.2e}, "
+      f"max KL {lg['max_kl']:.2e}, top-1 agreement {lg['top1_agreement']:.3f}; "
+      f"layer-19 resid_post rel. error {site['relative_l2_error']:.2e}")
+print(f"total   : {time.time() - start:.0f} s")
+PY
