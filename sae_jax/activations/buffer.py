@@ -1,0 +1,89 @@
+"""On-device shuffle buffer that mixes activations like SAELens' half-buffer scheme.
+
+Each refill collects `half` new activations, concatenates them with the stored half, permutes, keeps one
+half for the next refill and serves the other as training batches. The whole state is a pytree of arrays
+(`BufferState`), so a checkpoint can save it and a resumed run continues bit-identically.
+"""
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@flax.struct.dataclass
+class BufferState:
+  store: jax.Array  # [half, d] mixed activations kept from the last refill
+  pending: jax.Array  # [half + slack, d] new activations collected since the last refill
+  count: jax.Array  # int32: rows of `pending` in use
+  key: jax.Array  # PRNG key of the next permutation
+  primed: jax.Array  # bool: `store` holds real data (the first refill only fills it)
+
+
+def init_buffer(half: int, slack: int, d: int, seed: int) -> BufferState:
+  return BufferState(store=jnp.zeros((half, d), jnp.float32),
+                     pending=jnp.zeros((half + slack, d), jnp.float32),
+                     count=jnp.zeros((), jnp.int32), key=jax.random.key(seed),
+                     primed=jnp.zeros((), bool))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def append(state: BufferState, acts: jax.Array, keep: jax.Array) -> BufferState:
+  """Writes the kept rows of `acts` [n, d] (n <= slack) after the pending ones, in their original order."""
+  order = jnp.argsort(~keep, stable=True)
+  pending = jax.lax.dynamic_update_slice_in_dim(state.pending, acts[order], state.count, axis=0)
+  return state.replace(pending=pending, count=state.count + jnp.sum(keep, dtype=jnp.int32))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def prime(state: BufferState) -> BufferState:
+  """The first refill only fills the store (SAELens' first half-buffer is not served)."""
+  half = state.store.shape[0]
+  key, sub = jax.random.split(state.key)
+  store = state.pending[:half][jax.random.permutation(sub, half)]
+  return state.replace(store=store, pending=jnp.roll(state.pending, -half, axis=0),
+                       count=state.count - half, key=key, primed=jnp.ones((), bool))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("batch_size",))
+def refill(state: BufferState, batch_size: int) -> tuple[BufferState, jax.Array]:
+  """Mixes the stored half with `half` pending rows; returns the new state and [half // bs, bs, d] batches."""
+  half = state.store.shape[0]
+  new = state.pending[:half]
+  key, sub = jax.random.split(state.key)
+  mixed = jnp.concatenate([state.store, new])
+  perm = jax.random.permutation(sub, mixed.shape[0])
+  store, out = mixed[perm[:half]], mixed[perm[half:]]
+  n = half // batch_size
+  leftover = jnp.roll(state.pending, -half, axis=0)
+  state = state.replace(store=store, pending=leftover, count=state.count - half, key=key)
+  return state, out[: n * batch_size].reshape(n, batch_size, -1)
+
+
+class ShuffleBuffer:
+  """Feeds SAE training batches from an `ActivationSource`-like producer of (acts [n, d], keep [n])."""
+
+  def __init__(self, produce, half: int, slack: int, d: int, batch_size: int, seed: int):
+    if half < batch_size:
+      raise ValueError(f"buffer half size {half} is smaller than the batch size {batch_size}")
+    self.produce, self.half, self.slack, self.batch_size = produce, half, slack, batch_size
+    self.state = init_buffer(half, slack, d, seed)
+
+  def next_batches(self) -> jax.Array | None:
+    """[k, batch, d] batches from one refill, or None when the producer is exhausted."""
+    while True:
+      while int(self.state.count) < self.half:
+        item = self.produce()
+        if item is None:
+          return None
+        acts, keep = item
+        if acts.shape[0] > self.slack:
+          raise ValueError(f"a producer chunk of {acts.shape[0]} rows exceeds the buffer slack {self.slack}")
+        self.state = append(self.state, acts, jnp.asarray(keep))
+      if not bool(self.state.primed):
+        self.state = prime(self.state)
+        continue
+      self.state, batches = refill(self.state, self.batch_size)
+      return batches

@@ -1,0 +1,110 @@
+"""Cached activations: fixed-size .npy shards plus a manifest; a shard exists only once complete.
+
+The manifest lists finished shards with the token-row position of the data stream after each one, so a
+killed collection resumes at the first missing shard and the trainer never reads a partial file.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from sae_jax.errors import UserError
+
+MANIFEST = "manifest.json"
+
+
+def _atomic_write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def read_manifest(path: str) -> dict:
+  try:
+    with open(os.path.join(path, MANIFEST)) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise UserError(f"no activation cache at {path} (missing {MANIFEST})") from None
+  except json.JSONDecodeError:
+    raise UserError(f"corrupted manifest {os.path.join(path, MANIFEST)}") from None
+
+
+class ShardWriter:
+  """Collects host activations and writes `shard_NNNNNN.npy` of exactly `shard_tokens` rows."""
+
+  def __init__(self, path: str, shard_tokens: int, d: int, meta: dict):
+    self.path, self.shard_tokens, self.d = path, shard_tokens, d
+    os.makedirs(path, exist_ok=True)
+    if os.path.exists(os.path.join(path, MANIFEST)):
+      self.manifest = read_manifest(path)
+      old = {k: self.manifest["meta"].get(k) for k in meta}
+      if old != meta or self.manifest["d"] != d or self.manifest["shard_tokens"] != shard_tokens:
+        raise UserError(f"{path} holds a cache made with other settings ({old}); use another --out")
+    else:
+      self.manifest = {"d": d, "shard_tokens": shard_tokens, "meta": meta, "shards": [], "done": False}
+    self.pending: list[np.ndarray] = []
+    self.pending_rows = 0
+
+  @property
+  def rows_done(self) -> int:
+    """Token rows of the data stream covered by the finished shards (where a resumed run starts)."""
+    return self.manifest["shards"][-1]["rows_end"] if self.manifest["shards"] else 0
+
+  def add(self, acts: np.ndarray, rows_end: int) -> None:
+    """Adds activations produced by the data stream up to row `rows_end`."""
+    self.pending.append(np.asarray(acts, np.float32))
+    self.pending_rows += len(acts)
+    while self.pending_rows >= self.shard_tokens:
+      block = np.concatenate(self.pending)
+      self._write(block[: self.shard_tokens], rows_end)
+      rest = block[self.shard_tokens:]
+      self.pending, self.pending_rows = ([rest] if len(rest) else []), len(rest)
+
+  def _write(self, block: np.ndarray, rows_end: int) -> None:
+    index = len(self.manifest["shards"])
+    name = f"shard_{index:06d}.npy"
+    tmp = os.path.join(self.path, name + ".tmp")
+    with open(tmp, "wb") as f:
+      np.save(f, block)
+    os.replace(tmp, os.path.join(self.path, name))
+    self.manifest["shards"].append({"file": name, "tokens": int(len(block)), "rows_end": int(rows_end),
+                                    "bytes": os.path.getsize(os.path.join(self.path, name))})
+    _atomic_write_json(os.path.join(self.path, MANIFEST), self.manifest)
+
+  def finish(self) -> dict:
+    """Marks the cache complete; a partial last shard is dropped (fixed shard size keeps reads static)."""
+    self.manifest["done"] = True
+    _atomic_write_json(os.path.join(self.path, MANIFEST), self.manifest)
+    return self.manifest
+
+
+class ShardReader:
+  """Yields (activations [n, d], keep [n]) per shard, in order, checking each shard against the manifest."""
+
+  def __init__(self, path: str, d: int | None = None, start_shard: int = 0, loop: bool = False):
+    self.path, self.manifest = path, read_manifest(path)
+    if d is not None and self.manifest["d"] != d:
+      raise UserError(f"activation cache {path} has width {self.manifest['d']}, the SAE expects d_in {d}")
+    if not self.manifest["shards"]:
+      raise UserError(f"activation cache {path} has no complete shard")
+    self.next_shard, self.loop = start_shard, loop
+
+  def __call__(self):
+    shards = self.manifest["shards"]
+    if self.next_shard >= len(shards):
+      if not self.loop:
+        return None
+      self.next_shard = 0
+    info = shards[self.next_shard]
+    file = os.path.join(self.path, info["file"])
+    try:
+      acts = np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise UserError(f"corrupted shard {file}: {e}") from None
+    if acts.shape != (info["tokens"], self.manifest["d"]) or os.path.getsize(file) != info["bytes"]:
+      raise UserError(f"corrupted shard {file}: shape {acts.shape}, manifest says "
+                      f"({info['tokens']}, {self.manifest['d']})")
+    self.next_shard += 1
+    return acts, np.ones(len(acts), bool)
