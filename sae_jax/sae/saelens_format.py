@@ -1,0 +1,205 @@
+"""SAELens' on-disk SAE format: a dir with `cfg.json` + `sae_weights.safetensors` (W_enc, b_enc, W_dec, b_dec).
+
+What we write loads with SAELens 5.5.2 `SAE.load_from_pretrained(dir)` (and, uploaded to the hub, with
+`SAE.from_pretrained`): cfg.json carries every `SAEConfig` field, the training keys SAELens' trainer writes,
+and our full config under "sae_jax". What SAELens writes loads here: the `standard` ReLU architecture only.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from sae_jax import __version__
+from sae_jax.errors import UserError
+from sae_jax.sae.config import NORMALIZE_ACTIVATIONS, SAEConfig, parse_hook_name
+from sae_jax.sae.standard import param_shapes
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+
+
+@dataclasses.dataclass
+class LoadedSAE:
+  """params are float32 numpy arrays; norm_scaling_factor is set only for unfolded weights (trained on s*x)."""
+
+  params: dict[str, np.ndarray]
+  cfg: SAEConfig
+  norm_scaling_factor: float | None
+  saelens_cfg: dict[str, Any]
+
+  @property
+  def expects_raw_activations(self) -> bool:
+    """False for unfolded weights (normalize_activations 'expected_average_only_in' on disk): feed them s*x."""
+    return self.saelens_cfg.get("normalize_activations", "none") in ("none", False)
+
+
+def saelens_cfg_dict(cfg: SAEConfig, norm_scaling_factor: float | None = None) -> dict[str, Any]:
+  """cfg.json contents: SAELens 5.5.2 `SAEConfig.to_dict()` keys + its trainer's keys + ours under "sae_jax"."""
+  return {
+      "architecture": cfg.architecture,
+      "d_in": cfg.d_in,
+      "d_sae": cfg.d_sae,
+      "dtype": "float32",
+      "device": "cpu",
+      "model_name": cfg.model_name,
+      "hook_name": cfg.hook_name,
+      "hook_layer": cfg.hook_layer,
+      "hook_head_index": None,
+      "activation_fn_str": "relu",
+      "activation_fn_kwargs": {},
+      "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+      "finetuning_scaling_factor": False,
+      "sae_lens_training_version": None,
+      "prepend_bos": cfg.prepend_bos,
+      "dataset_path": cfg.dataset_path,
+      "dataset_trust_remote_code": True,
+      "context_size": cfg.context_size,
+      "normalize_activations": "none" if norm_scaling_factor is None else "expected_average_only_in",
+      "neuronpedia_id": None,
+      "model_from_pretrained_kwargs": {},
+      "seqpos_slice": [None],
+      # What SAELens' TrainingSAEConfig adds; it describes how these weights were trained.
+      "l1_coefficient": cfg.l1_coefficient,
+      "lp_norm": 1.0,
+      "use_ghost_grads": False,
+      "normalize_sae_decoder": False,
+      "noise_scale": 0.0,
+      "decoder_orthogonal_init": False,
+      "mse_loss_normalization": None,
+      "decoder_heuristic_init": True,
+      "init_encoder_as_decoder_transpose": True,
+      "scale_sparsity_penalty_by_decoder_norm": True,
+      "sae_jax": {"version": __version__, "config": cfg.to_dict(),
+                  "norm_scaling_factor": None if norm_scaling_factor is None else float(norm_scaling_factor)},
+  }
+
+
+def save_saelens(out_dir: str, params, cfg: SAEConfig, norm_scaling_factor: float | None = None) -> str:
+  """Writes `out_dir` atomically (temp dir beside it, then rename); an existing `out_dir` is replaced.
+
+  Pass `norm_scaling_factor` only for weights that still expect s*x (not folded); folded weights, which work
+  on raw activations, are what SAELens itself saves at the end of training.
+  """
+  if norm_scaling_factor is not None and cfg.normalize_activations == "none":
+    raise UserError("norm_scaling_factor given but the SAE config has normalize_activations='none'")
+  arrays = _checked_params(params, cfg.d_in, cfg.d_sae, "params to save")
+  out_dir = os.path.abspath(out_dir)
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  try:
+    save_file(arrays, os.path.join(tmp, WEIGHTS_FILENAME), metadata={"format": "pt"})
+    with open(os.path.join(tmp, CFG_FILENAME), "w") as f:
+      json.dump(saelens_cfg_dict(cfg, norm_scaling_factor), f, indent=2)
+    old = None
+    if os.path.exists(out_dir):  # move aside first so a crash never leaves out_dir half-written
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+      os.replace(out_dir, os.path.join(old, "dir"))
+    os.replace(tmp, out_dir)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out_dir
+
+
+def load_saelens(path: str) -> LoadedSAE:
+  """Reads a SAELens SAE dir (ours or SAELens'); weights come back as float32 whatever their stored dtype."""
+  cfg_path, weights_path = os.path.join(path, CFG_FILENAME), os.path.join(path, WEIGHTS_FILENAME)
+  for p in (cfg_path, weights_path):
+    if not os.path.isfile(p):
+      raise UserError(f"{p} not found: expected a SAELens SAE dir with {CFG_FILENAME} and {WEIGHTS_FILENAME}")
+  try:
+    with open(cfg_path) as f:
+      raw = json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{cfg_path} is not valid JSON: {e}") from None
+  if not isinstance(raw, dict):
+    raise UserError(f"{cfg_path} must hold a JSON object")
+  try:
+    cfg, s = _config_from_saelens(raw, cfg_path)
+  except UserError as e:
+    msg = str(e)
+    raise UserError(msg if msg.startswith(cfg_path) else f"{cfg_path}: {msg}") from None
+  params = _read_weights(weights_path, cfg.d_in, cfg.d_sae)
+  return LoadedSAE(params=params, cfg=cfg, norm_scaling_factor=s, saelens_cfg=raw)
+
+
+def _config_from_saelens(raw: dict[str, Any], where: str) -> tuple[SAEConfig, float | None]:
+  """SAELens keys -> SAEConfig, with SAELens' defaults for old cfg.json files (`handle_config_defaulting`)."""
+  d = dict(raw)
+  if isinstance(d.get("normalize_activations"), bool):  # pre-2024 files stored a bool
+    d["normalize_activations"] = "expected_average_only_in" if d["normalize_activations"] else "none"
+  architecture = d.get("architecture", "standard")
+  activation = d.get("activation_fn_str", d.get("activation_fn", "relu"))
+  normalize = d.get("normalize_activations", "none")
+  if architecture != "standard":
+    raise UserError(f"{where}: unsupported SAE architecture {architecture!r}: expected 'standard'")
+  if activation != "relu":
+    raise UserError(f"{where}: unsupported activation_fn_str {activation!r}: expected 'relu'")
+  if d.get("finetuning_scaling_factor", False):
+    raise UserError(f"{where}: finetuning_scaling_factor=true is not supported: expected false")
+  if normalize not in NORMALIZE_ACTIVATIONS:
+    raise UserError(f"{where}: unsupported normalize_activations {normalize!r}: "
+                    f"expected one of {NORMALIZE_ACTIVATIONS}")
+  for key in ("d_in", "d_sae", "hook_name"):
+    if key not in d:
+      raise UserError(f"{where} is missing the key {key!r}")
+  ours = d.get("sae_jax")
+  if isinstance(ours, dict) and "config" in ours:
+    cfg = SAEConfig.from_dict(ours["config"])
+    if (cfg.d_in, cfg.d_sae, cfg.hook_name) != (d["d_in"], d["d_sae"], d["hook_name"]):
+      raise UserError(f"{where}: the 'sae_jax' config disagrees with d_in/d_sae/hook_name: expected the same")
+    return cfg, ours.get("norm_scaling_factor")
+  layer, site = parse_hook_name(d["hook_name"])
+  kwargs = dict(d_in=d["d_in"], d_sae=d["d_sae"], apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
+                model_name=str(d.get("model_name") or ""), hook_layer=layer, hook_site=site,
+                dataset_path=str(d.get("dataset_path") or ""), prepend_bos=bool(d.get("prepend_bos", True)),
+                normalize_activations=normalize)
+  if d.get("context_size"):
+    kwargs["context_size"] = d["context_size"]
+  if d.get("l1_coefficient") is not None:
+    kwargs["l1_coefficient"] = d["l1_coefficient"]
+  return SAEConfig(**kwargs), None
+
+
+def _read_weights(weights_path: str, d_in: int, d_sae: int) -> dict[str, np.ndarray]:
+  tensors = {}
+  try:
+    with safe_open(weights_path, framework="numpy") as f:
+      for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+        if f.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16 reader; go through jax on the host
+          with safe_open(weights_path, framework="flax") as g, jax.default_device(jax.devices("cpu")[0]):
+            tensors[name] = np.asarray(g.get_tensor(name), np.float32)
+        else:
+          tensors[name] = f.get_tensor(name).astype(np.float32, copy=False)
+  except (OSError, SafetensorError) as e:
+    raise UserError(f"{weights_path} is not a readable safetensors file: {e}") from None
+  scale = tensors.pop("scaling_factor", None)  # some SAELens-era files carry an all-ones one
+  if scale is not None and not np.all(scale == 1):
+    raise UserError(f"{weights_path}: a non-trivial 'scaling_factor' tensor is not supported: expected all ones")
+  return _checked_params(tensors, d_in, d_sae, weights_path)
+
+
+def _checked_params(params, d_in: int, d_sae: int, where: str) -> dict[str, np.ndarray]:
+  """The four tensors as contiguous float32 numpy arrays, with names and shapes checked against d_in/d_sae."""
+  expected = param_shapes(d_in, d_sae)
+  missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
+  if missing or extra:
+    raise UserError(f"{where}: tensors missing {missing}, unexpected {extra}: expected exactly {sorted(expected)}")
+  out = {}
+  for name, shape in expected.items():
+    a = np.ascontiguousarray(np.asarray(params[name], np.float32))
+    if a.shape != shape:
+      raise UserError(f"{where}: tensor {name} has shape {a.shape}: "
+                      f"expected {shape} from d_in={d_in}, d_sae={d_sae}")
+    out[name] = a
+  return out
