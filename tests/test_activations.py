@@ -31,7 +31,7 @@ def test_source_drops_excluded_ids(tiny_hf_dir):
   rows = np.random.RandomState(0).randint(2, 128, (3, 2, 8))
   rows[:, :, 0] = 1  # a BOS-like id at every row start
   rows[0, 1, 5] = 0
-  src = ActivationSource(model, iter(rows), layer=1, exclude_ids=(0, 1))
+  src = ActivationSource(model, rows.reshape(6, 8), layer=1, exclude_ids=(0, 1), batch_rows=2)
   acts, keep = src()
   assert acts.shape == (16, 64) and keep.sum() == 16 - 3
   full = np.asarray(make_site_fn(model, 1, "resid_post")(rows[0])).reshape(-1, 64)

@@ -25,7 +25,7 @@ class BufferState:
 def init_buffer(half: int, slack: int, d: int, seed: int) -> BufferState:
   return BufferState(store=jnp.zeros((half, d), jnp.float32),
                      pending=jnp.zeros((half + slack, d), jnp.float32),
-                     count=jnp.zeros((), jnp.int32), key=jax.random.key(seed),
+                     count=jnp.zeros((), jnp.int32), key=jax.random.PRNGKey(seed),
                      primed=jnp.zeros((), bool))
 
 

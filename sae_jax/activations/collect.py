@@ -34,27 +34,33 @@ def make_site_fn(model: Transformer, layer: int, site: str, mesh=None):
 
 
 class ActivationSource:
-  """Rows of token ids -> activation batches with excluded ids (BOS/EOS by default) dropped.
+  """Token rows -> activation chunks with excluded ids (BOS/EOS by default) marked for dropping.
 
-  `rows` yields int arrays [store_batch, context]; every call of `__iter__` continues where it stopped,
-  and `position` counts consumed rows so a resumed run can skip exactly those.
+  `rows` is an array-like [n_rows, context] (numpy or a memmap of the packed corpus); each call runs the
+  model on the next `batch_rows` rows. `position` (batches consumed) and `seek` let a resumed run continue.
   """
 
-  def __init__(self, model: Transformer, rows: Iterator[np.ndarray], layer: int, site: str = "resid_post",
-               exclude_ids=(), mesh=None):
+  def __init__(self, model: Transformer, rows, layer: int, site: str = "resid_post", exclude_ids=(),
+               batch_rows: int = 8, mesh=None, loop: bool = False):
+    if len(rows) < batch_rows:
+      raise UserError(f"the token corpus has {len(rows)} rows, fewer than one batch of {batch_rows}")
     self.site_fn = make_site_fn(model, layer, site, mesh)
-    self.rows = rows
+    self.rows, self.batch_rows, self.loop = rows, batch_rows, loop
     self.exclude_ids = np.asarray(sorted(set(exclude_ids)), np.int64)
     self.mesh = mesh
     self.position = 0
     self.d_model = model.cfg.hidden_size
+    self.batches_per_epoch = len(rows) // batch_rows
+
+  def seek(self, position: int) -> None:
+    self.position = position
 
   def __call__(self):
     """(activations [B*T, d] on device, keep mask [B*T] on host) of the next token batch, or None."""
-    tokens = next(self.rows, None)
-    if tokens is None:
+    index = self.position % self.batches_per_epoch if self.loop else self.position
+    if index >= self.batches_per_epoch:
       return None
-    tokens = np.asarray(tokens)
+    tokens = np.asarray(self.rows[index * self.batch_rows:(index + 1) * self.batch_rows])
     keep = ~np.isin(tokens.reshape(-1), self.exclude_ids)
     placed = jax.device_put(tokens, shd.batch_sharding(self.mesh)) if self.mesh is not None else tokens
     acts = self.site_fn(placed).reshape(-1, self.d_model)

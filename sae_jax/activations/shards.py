@@ -89,15 +89,17 @@ class ShardReader:
       raise UserError(f"activation cache {path} has width {self.manifest['d']}, the SAE expects d_in {d}")
     if not self.manifest["shards"]:
       raise UserError(f"activation cache {path} has no complete shard")
-    self.next_shard, self.loop = start_shard, loop
+    self.position, self.loop = start_shard, loop
+
+  def seek(self, position: int) -> None:
+    """`position` counts shards read (across epochs when looping)."""
+    self.position = position
 
   def __call__(self):
     shards = self.manifest["shards"]
-    if self.next_shard >= len(shards):
-      if not self.loop:
-        return None
-      self.next_shard = 0
-    info = shards[self.next_shard]
+    if self.position >= len(shards) and not self.loop:
+      return None
+    info = shards[self.position % len(shards)]
     file = os.path.join(self.path, info["file"])
     try:
       acts = np.load(file, allow_pickle=False)
@@ -106,5 +108,5 @@ class ShardReader:
     if acts.shape != (info["tokens"], self.manifest["d"]) or os.path.getsize(file) != info["bytes"]:
       raise UserError(f"corrupted shard {file}: shape {acts.shape}, manifest says "
                       f"({info['tokens']}, {self.manifest['d']})")
-    self.next_shard += 1
+    self.position += 1
     return acts, np.ones(len(acts), bool)

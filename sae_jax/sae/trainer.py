@@ -1,0 +1,246 @@
+"""The SAE training loop: jitted donated step, sharded latents, metrics, Orbax checkpoints, resume.
+
+Everything a resumed run needs is in the checkpoint: params, optimizer state, step, the norm scaling
+factor, the shuffle buffer's arrays and PRNG key, and the data position, so a killed run (SIGKILL, or
+SIGTERM on TPU preemption, which also saves first) continues bit-identically.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sae_jax.activations.buffer import BufferState, ShuffleBuffer
+from sae_jax.errors import UserError
+from sae_jax.models import sharding as shd
+from sae_jax.sae import standard
+from sae_jax.sae.config import SAEConfig
+from sae_jax.sae.norm import estimate_norm_scaling_factor
+from sae_jax.sae.saelens_format import save_saelens
+from sae_jax.sae.train import init_train_state, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerOptions:
+  out_dir: str
+  log_every: int = 50
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+  buffer_half_tokens: int = 131_072  # SAELens: 16 batches x 8 prompts x 1024 tokens per refill
+  dead_window: int = 1000  # steps without firing that count a feature as dead (SAELens' window)
+  dense_threshold: float = 0.1  # firing on more than this fraction of tokens counts as dense
+  matmul_precision: str = "default"  # "highest" for float32 parity on TPU (CPU is exact either way)
+  progress: bool = True
+
+
+class BatchStream:
+  """Training batches from a chunk producer through the shuffle buffer, with a checkpointable position.
+
+  `producer()` returns (acts [n, d], keep [n]) or None; `producer.position` counts chunks consumed and
+  `producer.seek(position)` restores it (re-reading the token rows without running the model is cheap).
+  """
+
+  def __init__(self, producer, d: int, batch_size: int, half: int, slack: int, seed: int, sharding=None):
+    self.producer, self.batch_size, self.sharding = producer, batch_size, sharding
+    self.buffer = ShuffleBuffer(producer, half=half, slack=slack, d=d, batch_size=batch_size, seed=seed)
+    self.batches, self.cursor = None, 0
+    self.empty = jnp.zeros((half // batch_size, batch_size, d), jnp.float32)  # fixed shape for checkpoints
+
+  def next(self) -> jax.Array:
+    if self.batches is None or self.cursor >= self.batches.shape[0]:
+      self.batches, self.cursor = self.buffer.next_batches(), 0
+      if self.batches is None:
+        raise UserError("the activation stream ran out before training finished: add data or lower n_steps")
+    batch = self.batches[self.cursor]
+    self.cursor += 1
+    return batch if self.sharding is None else jax.device_put(batch, self.sharding)
+
+  def state(self) -> dict:
+    return {"buffer": self.buffer.state,
+            "batches": self.batches if self.batches is not None else self.empty}
+
+  def meta(self) -> dict:
+    return {"cursor": self.cursor, "has_batches": self.batches is not None,
+            "producer_position": int(self.producer.position)}
+
+  def restore(self, state: dict, meta: dict) -> None:
+    self.buffer.state = BufferState(**state["buffer"]) if isinstance(state["buffer"], dict) else state["buffer"]
+    self.batches = state["batches"] if meta["has_batches"] else None
+    self.cursor = meta["cursor"]
+    self.producer.seek(meta["producer_position"])
+
+
+def param_shardings(mesh) -> dict:
+  """Latents on `model`, the rest replicated: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in]."""
+  latent = shd.LOGICAL_RULES["latent"]
+  return {"W_enc": NamedSharding(mesh, PartitionSpec(None, latent)),
+          "b_enc": NamedSharding(mesh, PartitionSpec(latent)),
+          "W_dec": NamedSharding(mesh, PartitionSpec(latent, None)),
+          "b_dec": NamedSharding(mesh, PartitionSpec())}
+
+
+class _Stop:
+  """SIGTERM (TPU preemption) asks the loop to checkpoint and exit after the current step."""
+
+  def __init__(self):
+    self.requested = False
+    self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def close(self):
+    signal.signal(signal.SIGTERM, self.previous)
+
+
+class MetricsLog:
+  """JSONL always; TensorBoard event files when tensorboardX is importable."""
+
+  def __init__(self, out_dir: str):
+    self.jsonl = open(os.path.join(out_dir, "metrics.jsonl"), "a")
+    try:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+    except ImportError:
+      self.tb = None
+
+  def write(self, step: int, scalars: dict, density: np.ndarray | None = None) -> None:
+    self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self.jsonl.flush()
+    if self.tb is not None:
+      for k, v in scalars.items():
+        self.tb.add_scalar(k, v, step)
+      if density is not None:
+        self.tb.add_histogram("feature_density_log10", np.log10(density + 1e-10), step)
+
+  def close(self):
+    self.jsonl.close()
+    if self.tb is not None:
+      self.tb.close()
+
+
+def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) -> dict:
+  """Trains (or resumes) and writes `opts.out_dir`/{checkpoints, metrics.jsonl, sae/ (SAELens format)}."""
+  os.makedirs(opts.out_dir, exist_ok=True)
+  mesh = mesh or shd.make_mesh(devices=jax.devices()[:1])
+  shardings = param_shardings(mesh)
+  step_fn = make_train_step(cfg)
+
+  def step_with_checks(params, opt_state, step, x, s, fire_steps):
+    x = x * s
+    nonfinite = jnp.sum(~jnp.isfinite(x))
+    params, opt_state, m = step_fn(params, opt_state, step, x)
+    fired = m.pop("feature_fire_count")
+    fire_steps = jnp.where(fired > 0, 0, fire_steps + 1)  # steps since each feature last fired
+    return params, opt_state, dict(m, nonfinite=nonfinite, fired=fired), fire_steps
+
+  jit_step = jax.jit(step_with_checks, donate_argnums=(0, 1, 5))
+  manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(opts.out_dir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=opts.keep_checkpoints, create=True))
+
+  with jax.default_matmul_precision(opts.matmul_precision):
+    params, opt_state = jax.jit(lambda k: init_train_state(cfg, k),
+                                out_shardings=(shardings, None))(jax.random.PRNGKey(cfg.seed))
+    fire_steps = jnp.zeros((cfg.d_sae,), jnp.int32)
+    start = manager.latest_step()
+    if start is not None:
+      state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+      restored = manager.restore(start, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      state, meta = restored["state"], restored["meta"]
+      params, opt_state, fire_steps = state["params"], state["opt_state"], state["fire_steps"]
+      stream.restore(state["stream"], meta["stream"])
+      s = meta["norm_scaling_factor"]
+      print(f"resumed from step {start} in {opts.out_dir}/checkpoints")
+    else:
+      start = 0
+      s = _estimate_scale(cfg, stream)
+    s32 = jnp.float32(s)
+
+    def save(step):
+      state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
+      meta = {"stream": stream.meta(), "norm_scaling_factor": s, "config": cfg.to_dict()}
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 meta=ocp.args.JsonSave(meta)), force=True)
+      manager.wait_until_finished()
+
+    log = MetricsLog(opts.out_dir)
+    stop = _Stop()
+    window, last = [], None
+    progress = _progress(opts.progress, start, cfg.n_steps)
+    t0 = time.time()
+    try:
+      for step in range(start, cfg.n_steps):
+        x = stream.next()
+        params, opt_state, metrics, fire_steps = jit_step(params, opt_state, jnp.int32(step), x, s32,
+                                                          fire_steps)
+        window.append(metrics)
+        done = step + 1
+        if done % opts.log_every == 0 or done == cfg.n_steps or stop.requested:
+          last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size)
+          window = []
+          progress.set_postfix(loss=f"{last['loss']:.3g}", l0=f"{last['l0']:.1f}",
+                               ev=f"{last['explained_variance']:.3f}")
+        progress.update(1)
+        if stop.requested or (done % opts.checkpoint_every == 0 and done < cfg.n_steps):
+          if window:
+            last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size)
+            window = []
+          save(done)
+          if stop.requested:
+            print(f"SIGTERM: saved step {done} to {opts.out_dir}/checkpoints; rerun the same command to resume")
+            raise SystemExit(143)
+    finally:
+      progress.close()
+      log.close()
+      stop.close()
+
+    folded = jax.tree.map(np.asarray, standard.fold_activation_norm_scaling_factor(params, s))
+  sae_dir = save_saelens(os.path.join(opts.out_dir, "sae"), folded, cfg)
+  manager.close()
+  result = {"steps": cfg.n_steps, "norm_scaling_factor": s, "seconds": round(time.time() - t0, 1),
+            "tokens_per_second": round((cfg.n_steps - start) * cfg.batch_size / max(time.time() - t0, 1e-9)),
+            "sae_dir": sae_dir, **(last or {})}
+  with open(os.path.join(opts.out_dir, "result.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  return {"params": folded, **result}
+
+
+def _estimate_scale(cfg: SAEConfig, stream: BatchStream) -> float:
+  if cfg.normalize_activations == "none":
+    return 1.0
+  batches = (stream.next() for _ in range(cfg.n_batches_for_norm_estimate))
+  return estimate_norm_scaling_factor(batches, cfg.norm_estimate)
+
+
+def _log_window(window, step, fire_steps, opts, log, batch_size) -> dict:
+  """Averages the window's metrics on the host; stops the run on non-finite activations."""
+  host = jax.device_get(window)
+  for i, m in enumerate(host):
+    if m["nonfinite"] > 0:
+      raise UserError(f"non-finite activations at step {step - len(host) + 1 + i}: "
+                      f"{int(m['nonfinite'])} NaN/inf values in the batch")
+  fired = np.sum([m["fired"] for m in host], axis=0)
+  density = fired / (len(host) * batch_size)
+  scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("fired", "nonfinite")}
+  fire_steps = np.asarray(fire_steps)
+  scalars["dead_fraction"] = float(np.mean(fire_steps >= opts.dead_window))
+  scalars["dense_fraction"] = float(np.mean(density > opts.dense_threshold))
+  scalars["fvu"] = 1.0 - scalars["explained_variance"]
+  log.write(step + 1, scalars, density)
+  return scalars
+
+
+def _progress(enabled: bool, start: int, total: int):
+  from tqdm import tqdm
+  return tqdm(total=total, initial=start, disable=not enabled, desc="train_sae", mininterval=2.0)
