@@ -16,7 +16,7 @@ setup(
     name="sae_jax",
     version="0.1.0",
     description=__doc__,
-    packages=find_packages(include=["sae_jax", "sae_jax.*"]),
+    packages=find_packages(include=["sae_jax", "sae_jax.*", "configs"]),  # configs import each other
     python_requires=">=3.11",
     install_requires=_requirements(),
     extras_require={

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The pipeline on the embedded default (SmolLM2-135M-Instruct from a PyPI wheel), end to end on a CPU.
-# Stages so far: convert (GGUF -> Orbax), chat (greedy answer), parity vs HF transformers (torch).
+# Stages: convert (GGUF -> Orbax), chat (greedy answer), parity vs HF transformers (torch), collect
+# activations (cached shards), train a standard SAE (SAELens semantics) and export it in SAELens format.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 OUT="${DEMO_OUT:-runs/demo}"
@@ -12,17 +13,26 @@ HF_DIR="$(asset smollm2_hf)"
 PY=.venv/bin/python
 start=$(date +%s)
 
-echo "== [1/3] convert: $GGUF -> $OUT/model"
+echo "== [1/5] convert: $GGUF -> $OUT/model"
 $PY launch/convert.py --model="$GGUF" --out="$OUT/model" --dtype=float32 --verbosity=-1 \
   | tee "$OUT/convert.log"
 
-echo "== [2/3] chat: greedy answer from the converted checkpoint (bf16)"
+echo "== [2/5] chat: greedy answer from the converted checkpoint (bf16)"
 $PY launch/chat.py --model="$OUT/model" --dtype=bfloat16 --max_new_tokens=48 --verbosity=-1 \
   --prompt="What is the capital of France? Answer in one sentence." | tee "$OUT/chat.log"
 
-echo "== [3/3] parity: our model vs HF transformers (torch), float32"
+echo "== [3/5] parity: our model vs HF transformers (torch), float32"
 $PY launch/compare_reference.py --model="$OUT/model" --reference="$HF_DIR" --dtype=float32 --layer=19 --verbosity=-1 \
   --out="$OUT/parity.json" > /dev/null
+
+echo "== [4/5] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
+$PY launch/collect_activations.py --config=configs/demo_smollm2.py --config.model.path="$OUT/model" \
+  --out="$OUT/acts" --shard_tokens=16384 --verbosity=-1 | tee "$OUT/collect.log"
+
+echo "== [5/5] train: standard SAE (576 -> 4608) from the cached shards"
+rm -rf "$OUT/sae_train"
+$PY launch/train_sae.py --config=configs/demo_smollm2.py --config.activations.cache_dir="$OUT/acts" \
+  --config.trainer.out_dir="$OUT/sae_train" --config.trainer.progress=false --verbosity=-1 > "$OUT/train.log"
 
 $PY - "$OUT" "$start" <<'PY'
 import json, os, sys, time
@@ -37,5 +47,10 @@ print(f"chat    : {chat[1] if len(chat) > 1 else chat}")
 print(f"parity  : {lg['tokens']} tokens, max|dlogit| {lg['max_abs_logit_diff']:.2e}, mean KL {lg['mean_kl']:.2e}, "
       f"max KL {lg['max_kl']:.2e}, top-1 agreement {lg['top1_agreement']:.3f}; "
       f"layer-19 resid_post rel. error {site['relative_l2_error']:.2e}")
+col = json.loads(open(os.path.join(out, "collect.log")).read().strip().splitlines()[-1])
+print(f"collect : {col['tokens']} activations in {col['shards']} shards ({col['seconds']} s)")
+res = json.load(open(os.path.join(out, "sae_train", "result.json")))
+print(f"train   : {res['steps']} steps, explained variance {res['explained_variance']:.3f}, L0 {res['l0']:.1f}, "
+      f"dead {res['dead_fraction']:.3f}, {res['tokens_per_second']} tokens/s; SAELens export at {res['sae_dir']}")
 print(f"total   : {time.time() - start:.0f} s")
 PY

@@ -78,14 +78,14 @@ def test_shards_resume_and_never_read_partial(tmp_path):
   data = np.random.RandomState(0).randn(100, d).astype(np.float32)
   w = ShardWriter(str(tmp_path), shard_tokens=16, d=d, meta={"model": "m", "layer": 1})
   for i in range(0, 40, 8):
-    w.add(data[i:i + 8], rows_end=i // 8 + 1)
-  assert len(w.manifest["shards"]) == 2 and w.rows_done == 4
+    w.add(data[i:i + 8], batch_end=i // 8 + 1)
+  assert len(w.manifest["shards"]) == 2 and w.resume_point == (4, 0)
   # A killed writer leaves a temp file; a new writer resumes after the last complete shard.
   open(tmp_path / "shard_000002.npy.tmp", "wb").write(b"partial")
   w2 = ShardWriter(str(tmp_path), shard_tokens=16, d=d, meta={"model": "m", "layer": 1})
-  assert w2.rows_done == 4
+  assert w2.resume_point == (4, 0)
   for i in range(32, 64, 8):
-    w2.add(data[i:i + 8], rows_end=i // 8 + 1)
+    w2.add(data[i:i + 8], batch_end=i // 8 + 1)
   w2.finish()
   reader = ShardReader(str(tmp_path), d=d)
   got = []
@@ -98,9 +98,16 @@ def test_shards_resume_and_never_read_partial(tmp_path):
     ShardReader(str(tmp_path), d=7)
 
 
+def test_resume_point_inside_a_batch(tmp_path):
+  w = ShardWriter(str(tmp_path), shard_tokens=10, d=1, meta={})
+  w.add(np.zeros((6, 1), np.float32), batch_end=1)
+  w.add(np.zeros((7, 1), np.float32), batch_end=2)  # 13 rows: one shard, 3 left over from batch 1
+  assert w.resume_point == (1, 4)
+
+
 def test_corrupted_shard_is_named(tmp_path):
   w = ShardWriter(str(tmp_path), shard_tokens=4, d=2, meta={})
-  w.add(np.ones((4, 2), np.float32), rows_end=1)
+  w.add(np.ones((4, 2), np.float32), batch_end=1)
   with open(tmp_path / "shard_000000.npy", "r+b") as f:
     f.truncate(60)
   with pytest.raises(UserError, match="corrupted shard .*shard_000000.npy"):

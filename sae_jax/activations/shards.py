@@ -1,7 +1,7 @@
 """Cached activations: fixed-size .npy shards plus a manifest; a shard exists only once complete.
 
-The manifest lists finished shards with the token-row position of the data stream after each one, so a
-killed collection resumes at the first missing shard and the trainer never reads a partial file.
+The manifest lists finished shards with the data-stream position after each one, so a killed collection
+resumes exactly at the first missing shard and the trainer never reads a partial file.
 """
 
 import json
@@ -48,28 +48,38 @@ class ShardWriter:
     self.pending_rows = 0
 
   @property
-  def rows_done(self) -> int:
-    """Token rows of the data stream covered by the finished shards (where a resumed run starts)."""
-    return self.manifest["shards"][-1]["rows_end"] if self.manifest["shards"] else 0
+  def resume_point(self) -> tuple[int, int]:
+    """(batch to restart the data stream at, kept activations of that batch already in shards)."""
+    if not self.manifest["shards"]:
+      return 0, 0
+    last = self.manifest["shards"][-1]
+    return last["resume_batch"], last["resume_skip"]
 
-  def add(self, acts: np.ndarray, rows_end: int) -> None:
-    """Adds activations produced by the data stream up to row `rows_end`."""
-    self.pending.append(np.asarray(acts, np.float32))
+  def add(self, acts: np.ndarray, batch_end: int) -> None:
+    """Adds the kept activations of data batch `batch_end - 1`.
+
+    Whatever a shard leaves over always lies within this last batch (the pending rows before it are fewer
+    than a shard), so a resumed run restarts at this batch and skips what the shards already hold.
+    """
+    acts = np.asarray(acts, np.float32)
+    self.pending.append(acts)
     self.pending_rows += len(acts)
     while self.pending_rows >= self.shard_tokens:
       block = np.concatenate(self.pending)
-      self._write(block[: self.shard_tokens], rows_end)
       rest = block[self.shard_tokens:]
+      resume = (batch_end - 1, len(acts) - len(rest)) if len(rest) else (batch_end, 0)
+      self._write(block[: self.shard_tokens], resume)
       self.pending, self.pending_rows = ([rest] if len(rest) else []), len(rest)
 
-  def _write(self, block: np.ndarray, rows_end: int) -> None:
+  def _write(self, block: np.ndarray, resume: tuple[int, int]) -> None:
     index = len(self.manifest["shards"])
     name = f"shard_{index:06d}.npy"
     tmp = os.path.join(self.path, name + ".tmp")
     with open(tmp, "wb") as f:
       np.save(f, block)
     os.replace(tmp, os.path.join(self.path, name))
-    self.manifest["shards"].append({"file": name, "tokens": int(len(block)), "rows_end": int(rows_end),
+    self.manifest["shards"].append({"file": name, "tokens": int(len(block)), "resume_batch": int(resume[0]),
+                                    "resume_skip": int(resume[1]),
                                     "bytes": os.path.getsize(os.path.join(self.path, name))})
     _atomic_write_json(os.path.join(self.path, MANIFEST), self.manifest)
 

@@ -1,0 +1,96 @@
+"""collect_activations.py and train_sae.py end to end on real SmolLM2 weights and the offline demo corpus."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+SMALL = ["--config=" + os.path.join(REPO, "configs", "demo_smollm2.py"), "--config.data.sources=('demo#n=40',)",
+         "--config.data.context_size=64", "--config.data.store_batch_rows=4", "--verbosity=-1"]
+
+
+def _cmd(script, *args):
+  return [sys.executable, os.path.join(REPO, "launch", script), *args]
+
+
+def _env():
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+
+
+def _collect(model, out, *extra):
+  return subprocess.run(_cmd("collect_activations.py", *SMALL, f"--config.model.path={model}", f"--out={out}",
+                             "--shard_tokens=512", *extra), capture_output=True, text=True, env=_env(),
+                        timeout=300)
+
+
+def _read_all(path):
+  manifest = json.load(open(os.path.join(path, "manifest.json")))
+  return manifest, np.concatenate([np.load(os.path.join(path, s["file"])) for s in manifest["shards"]])
+
+
+def test_killed_collection_resumes_to_the_same_shards(assets, tmp_path):
+  proc = _collect(assets.smollm2_hf, tmp_path / "straight")
+  assert proc.returncode == 0, proc.stderr
+  want_manifest, want = _read_all(tmp_path / "straight")
+  assert len(want_manifest["shards"]) >= 3 and want.shape[1] == 576
+
+  out = tmp_path / "killed"
+  child = subprocess.Popen(_cmd("collect_activations.py", *SMALL, f"--config.model.path={assets.smollm2_hf}",
+                                f"--out={out}", "--shard_tokens=512"), env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and child.poll() is None:
+    if (out / "shard_000001.npy").exists():
+      break
+    time.sleep(0.02)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  manifest = json.load(open(out / "manifest.json"))
+  assert not manifest["done"] and len(manifest["shards"]) < len(want_manifest["shards"])
+  proc = _collect(assets.smollm2_hf, out)
+  assert proc.returncode == 0, proc.stderr
+  got_manifest, got = _read_all(out)
+  assert got_manifest["shards"] == want_manifest["shards"]
+  np.testing.assert_array_equal(got, want)
+
+
+def _error_line(proc):
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+  return proc.stderr.strip().splitlines()[-1]
+
+
+def test_train_sae_bad_inputs(assets, tmp_path):
+  proc = subprocess.run(_cmd("train_sae.py", *SMALL, f"--config.model.path={assets.smollm2_hf}",
+                             "--config.sae.d_in=100"), capture_output=True, text=True, env=_env(), timeout=300)
+  assert "SAE d_in 100 != model width 576" in _error_line(proc)
+  proc = subprocess.run(_cmd("train_sae.py", *SMALL, "--config.sae.no_such_key=1"), capture_output=True,
+                        text=True, env=_env(), timeout=300)
+  assert proc.returncode != 0 and "no_such_key" in proc.stderr
+  proc = subprocess.run(_cmd("train_sae.py", *SMALL, "--config.activations.cache_dir=/nonexistent/acts"),
+                        capture_output=True, text=True, env=_env(), timeout=300)
+  assert "activations.cache_dir /nonexistent/acts does not exist" in _error_line(proc)
+
+
+def test_train_sae_from_cache_exports_saelens(assets, tmp_path):
+  assert _collect(assets.smollm2_hf, tmp_path / "acts").returncode == 0
+  out = tmp_path / "train"
+  proc = subprocess.run(_cmd("train_sae.py", *SMALL, f"--config.activations.cache_dir={tmp_path / 'acts'}",
+                             f"--config.trainer.out_dir={out}", "--config.sae.n_steps=40",
+                             "--config.sae.batch_size=128", "--config.sae.d_sae=1152",
+                             "--config.sae.lr_decay_steps=10", "--config.sae.l1_warm_up_steps=10",
+                             "--config.sae.n_batches_for_norm_estimate=4", "--config.trainer.buffer_half_tokens=1024",
+                             "--config.trainer.progress=false"),
+                        capture_output=True, text=True, env=_env(), timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  result = json.load(open(out / "result.json"))
+  assert result["steps"] == 40 and np.isfinite(result["loss"])
+  cfg = json.load(open(out / "sae" / "cfg.json"))
+  assert cfg["d_in"] == 576 and cfg["d_sae"] == 1152 and cfg["hook_name"] == "blocks.19.hook_resid_post"
+  assert os.path.exists(out / "sae" / "sae_weights.safetensors") and os.path.exists(out / "run.json")
