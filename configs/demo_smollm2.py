@@ -21,6 +21,7 @@ def get_config():
   c.sae.update(d_in=576, d_sae=576 * 8, model_name="SmolLM2-135M-Instruct", context_size=128,
                exclude_special_tokens=(0, 1, 2), n_steps=600, batch_size=512, lr=1e-3, lr_decay_steps=120,
                l1_coefficient=5.0, l1_warm_up_steps=60, n_batches_for_norm_estimate=20)
+  c.eval.batches = 4
   c.trainer.update(out_dir="runs/demo/sae_train", log_every=25, checkpoint_every=100,
                    buffer_half_tokens=8192)
   return c

@@ -31,6 +31,8 @@ def get_config():
       l1_coefficient=5.0, l1_warm_up_steps=10_000, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
       clip_grad_norm=1.0, decoder_init_norm=0.1, normalize_activations="expected_average_only_in",
       norm_estimate="reference", n_batches_for_norm_estimate=1000, seed=42)
+  # After training: CE loss / KL with the SAE spliced in vs clean vs zero-ablation, on the corpus's last rows.
+  c.eval = dict(batches=10)
   c.trainer = dict(out_dir="runs/paper_r1_llama8b_l19", log_every=100, checkpoint_every=5000,
                    keep_checkpoints=2, buffer_half_tokens=131_072, matmul_precision="default", progress=True)
   return ml_collections.ConfigDict(c)

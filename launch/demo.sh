@@ -32,7 +32,7 @@ $PY launch/collect_activations.py --config=configs/demo_smollm2.py --config.mode
 echo "== [5/5] train: standard SAE (576 -> 4608) from the cached shards"
 rm -rf "$OUT/sae_train"
 $PY launch/train_sae.py --config=configs/demo_smollm2.py --config.activations.cache_dir="$OUT/acts" \
-  --config.trainer.out_dir="$OUT/sae_train" --config.trainer.progress=false --verbosity=-1 > "$OUT/train.log"
+  --config.model.path="$OUT/model" --config.trainer.out_dir="$OUT/sae_train" --config.trainer.progress=false --verbosity=-1 > "$OUT/train.log"
 
 $PY - "$OUT" "$start" <<'PY'
 import json, os, sys, time
@@ -52,5 +52,8 @@ print(f"collect : {col['tokens']} activations in {col['shards']} shards ({col['s
 res = json.load(open(os.path.join(out, "sae_train", "result.json")))
 print(f"train   : {res['steps']} steps, explained variance {res['explained_variance']:.3f}, L0 {res['l0']:.1f}, "
       f"dead {res['dead_fraction']:.3f}, {res['tokens_per_second']} tokens/s; SAELens export at {res['sae_dir']}")
+ev = res["splice_eval"]
+print(f"splice  : CE clean {ev['ce_loss_clean']:.3f}, with SAE {ev['ce_loss_with_sae']:.3f}, zero-ablation "
+      f"{ev['ce_loss_zero_ablation']:.3f} -> CE-loss recovered {ev['ce_loss_recovered']:.3f}; KL {ev['kl_with_sae']:.3f}")
 print(f"total   : {time.time() - start:.0f} s")
 PY

@@ -9,6 +9,7 @@ Rerunning the same command after a kill or preemption resumes from the last chec
 """
 
 import json
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -46,9 +47,29 @@ def main(argv):
                        half=opts.buffer_half_tokens, slack=chunk, seed=sae_cfg.seed,
                        sharding=batch_sharding(mesh))
   result = train(sae_cfg, stream, opts, mesh=mesh)
+  params = result.pop("params")
+  if c.model.path and c.eval.batches > 0:
+    result["splice_eval"] = _splice_eval(c, sae_cfg, params, mesh)
+    with open(os.path.join(opts.out_dir, "result.json"), "w") as f:
+      json.dump(result, f, indent=2, default=float)
   runinfo.write_run_json(opts.out_dir, {"config": c.to_dict()})
-  result.pop("params")
   print(json.dumps(result, indent=2, default=float))
+
+
+def _splice_eval(c, sae_cfg, params, mesh) -> dict:
+  """CE-loss recovered etc. of the trained (folded) SAE on the last `eval.batches` batches of the corpus."""
+  import jax.numpy as jnp
+  from sae_jax.activations import pipeline
+  from sae_jax.models import checkpoint
+  from sae_jax.sae.splice_eval import splice_metrics
+  model = checkpoint.load_any(c.model.path, dtype=jnp.dtype(c.model.dtype), mesh=mesh)
+  rows = pipeline.token_rows_from_config(c)
+  b = c.data.store_batch_rows
+  n = min(c.eval.batches, len(rows) // b)
+  batches = [rows[len(rows) - (i + 1) * b:len(rows) - i * b] for i in range(n)]
+  return splice_metrics(model, params, batches, sae_cfg.hook_layer, sae_cfg.hook_site,
+                        exclude_ids=sae_cfg.exclude_special_tokens,
+                        apply_b_dec_to_input=sae_cfg.apply_b_dec_to_input)
 
 
 if __name__ == "__main__":

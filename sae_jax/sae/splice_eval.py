@@ -1,0 +1,67 @@
+"""The SAE spliced into the model: next-token CE and KL with the reconstruction vs clean vs zero-ablation.
+
+CE-loss-recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean), as SAELens' `run_evals` reports it: 1 means
+the reconstruction loses nothing the model uses downstream, 0 means it is as bad as deleting the site.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sae_jax.models.transformer import Hooks, Transformer
+from sae_jax.sae import standard
+
+
+def _token_stats(logits, clean_logp, tokens, valid):
+  """Per-batch sums of next-token CE and KL(clean || this) over valid positions."""
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  target = tokens[:, 1:]
+  ce = -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+  kl = jnp.sum(jnp.exp(clean_logp) * (clean_logp - logp), axis=-1)
+  return jnp.sum(ce * valid), jnp.sum(kl * valid)
+
+
+def make_splice_eval(model: Transformer, layer: int, site: str, apply_b_dec_to_input: bool = False):
+  """jitted fn(sae_params, scale, tokens, valid) -> (sums of CE clean/sae/zero, KL sae/zero, count).
+
+  `sae_params` act on `scale * x` (pass the trainer's unfolded params with s, or folded params with 1).
+  """
+  graphdef, state = nnx.split(model)
+
+  def reconstruct(params, scale, x):
+    xs = x.astype(jnp.float32) * scale
+    return standard.decode(params, standard.encode(params, xs, apply_b_dec_to_input)) / scale
+
+  @jax.jit
+  def run(state, params, scale, tokens, valid):
+    m = nnx.merge(graphdef, state)
+    clean = m(tokens).logits
+    sae = m(tokens, hooks=Hooks(transforms={(layer, site): lambda x: reconstruct(params, scale, x)})).logits
+    zero = m(tokens, hooks=Hooks(transforms={(layer, site): jnp.zeros_like})).logits
+    clean_logp = jax.nn.log_softmax(clean[:, :-1].astype(jnp.float32), axis=-1)
+    ce_clean, _ = _token_stats(clean, clean_logp, tokens, valid)
+    ce_sae, kl_sae = _token_stats(sae, clean_logp, tokens, valid)
+    ce_zero, kl_zero = _token_stats(zero, clean_logp, tokens, valid)
+    return jnp.stack([ce_clean, ce_sae, ce_zero, kl_sae, kl_zero, jnp.sum(valid)])
+
+  return functools.partial(run, state)
+
+
+def splice_metrics(model: Transformer, sae_params, token_batches, layer: int, site: str = "resid_post",
+                   scale: float = 1.0, exclude_ids=(), apply_b_dec_to_input: bool = False) -> dict:
+  """Means over `token_batches` ([B, T] int arrays); predictions of excluded ids (BOS/EOS) do not count."""
+  run = make_splice_eval(model, layer, site, apply_b_dec_to_input)
+  totals = np.zeros(6)
+  for tokens in token_batches:
+    tokens = np.asarray(tokens)
+    valid = ~np.isin(tokens[:, 1:], np.asarray(list(exclude_ids), np.int64))
+    totals += np.asarray(run(sae_params, jnp.float32(scale), tokens, valid), np.float64)
+  n = max(totals[5], 1.0)
+  ce_clean, ce_sae, ce_zero, kl_sae, kl_zero = totals[:5] / n
+  return {"ce_loss_clean": ce_clean, "ce_loss_with_sae": ce_sae, "ce_loss_zero_ablation": ce_zero,
+          "kl_with_sae": kl_sae, "kl_zero_ablation": kl_zero,
+          "ce_loss_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
+          "tokens": int(totals[5])}
