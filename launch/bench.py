@@ -6,7 +6,9 @@
 `forward`: tokens/s of our jitted full-sequence forward (`generation.forward_logits`) against the HF torch
 forward of the same checkpoint (default: the offline SmolLM2-135M-Instruct asset), same dtype, same random
 tokens. Warm-up calls are excluded; each timed call ends when the full [B, T, vocab] logits are ready
-(`block_until_ready` on our side; torch CPU is synchronous). Reports the median of `--repeats` calls.
+(`block_until_ready` on our side; torch CPU is synchronous) and the two sides' calls alternate. Reports the
+median of `--repeats` calls; compile seconds are our `lower().compile()` (which fills the jit cache).
+Torch runs `torch.inference_mode()`, eval, with as many intra-op threads as usable cores.
 
 Prints JSON (and writes it with `--out`, a dir or a .json path): per dtype our tokens/s, torch tokens/s,
 ratio = ours / torch, our compile seconds, plus the machine (cpu count, versions, XLA_FLAGS, torch threads).
@@ -56,18 +58,6 @@ def _cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def _time_calls(fn, warmup: int, repeats: int) -> list[float]:
-  """Seconds of each of `repeats` calls of `fn` (which must block until its result is ready)."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times
-
-
 def _side_report(times: list[float], tokens_per_call: int) -> dict:
   median = statistics.median(times)
   return {
@@ -108,7 +98,6 @@ def _resolve_model_dir() -> str:
 
 def bench_forward() -> dict:
   """Our jitted forward vs HF torch forward, tokens/s per dtype."""
-  import jax
   import jax.numpy as jnp
   import numpy as np
   import torch
@@ -129,15 +118,13 @@ def bench_forward() -> dict:
   b, t = FLAGS.batch, FLAGS.seq
   per_call = b * t
   results = {}
-  vocab = None
+  tokens = None
+  rng = np.random.RandomState(FLAGS.seed)
   for name in FLAGS.dtypes:
-    # --- torch (HF) side ---
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, name)).eval()
-    if vocab is None:
-      vocab = hf.config.vocab_size
-      rng = np.random.RandomState(FLAGS.seed)
-      tokens = rng.randint(0, vocab, (b, t)).astype(np.int32)
-      mask = np.ones((b, t), bool)
+    if tokens is None:  # the same tokens for every dtype and both sides
+      tokens = rng.randint(0, hf.config.vocab_size, (b, t)).astype(np.int32)
+    mask = np.ones((b, t), bool)
     t_tokens = torch.from_numpy(tokens.astype(np.int64))
     t_mask = torch.from_numpy(mask.astype(np.int64))
 
@@ -145,15 +132,12 @@ def bench_forward() -> dict:
       with torch.inference_mode():
         return hf(input_ids=t_tokens, attention_mask=t_mask, use_cache=False).logits
 
-    torch_times = _time_calls(torch_call, FLAGS.warmup, FLAGS.repeats)
-    torch_logits_dtype = str(torch_call().dtype)
-    attn_impl = getattr(hf.config, "_attn_implementation", None)
-    del hf
-
-    # --- our side ---
     model = load_model(path, dtype=jnp.dtype(name))
     graphdef, state = nnx.split(model)
     j_tokens, j_mask = jnp.asarray(tokens), jnp.asarray(mask)
+    start = time.perf_counter()
+    forward_logits.lower(graphdef, state, j_tokens, j_mask).compile()  # fills forward_logits' cache
+    compile_s = time.perf_counter() - start
     start = time.perf_counter()
     forward_logits(graphdef, state, j_tokens, j_mask).block_until_ready()
     first_call_s = time.perf_counter() - start
@@ -161,27 +145,39 @@ def bench_forward() -> dict:
     def ours_call():
       return forward_logits(graphdef, state, j_tokens, j_mask).block_until_ready()
 
-    ours_times = _time_calls(ours_call, FLAGS.warmup, FLAGS.repeats)
-    ours_logits_dtype = str(ours_call().dtype)
-    del model, graphdef, state
+    # Interleaved calls (the order alternating each round), so a change in background load on a shared
+    # machine hits both sides alike; the load average is reported next to the numbers.
+    times, logits_dtype = {"ours": [], "torch": []}, {}
+    load_before = os.getloadavg()[0]
+    sides = [("ours", ours_call), ("torch", torch_call)]
+    for i in range(FLAGS.warmup + FLAGS.repeats):
+      for side, fn in (sides if i % 2 == 0 else sides[::-1]):
+        start = time.perf_counter()
+        out = fn()
+        if i >= FLAGS.warmup:
+          times[side].append(time.perf_counter() - start)
+        logits_dtype[side] = str(out.dtype).removeprefix("torch.")
+        del out
+    load_after = os.getloadavg()[0]
 
-    ours = _side_report(ours_times, per_call)
-    theirs = _side_report(torch_times, per_call)
-    ours["compile_s"] = max(first_call_s - ours["median_s"], 0.0)
-    ours["first_call_s"] = first_call_s
-    ours["logits_dtype"] = ours_logits_dtype
-    theirs["logits_dtype"] = torch_logits_dtype
-    theirs["attn_implementation"] = attn_impl
+    ours = _side_report(times["ours"], per_call)
+    theirs = _side_report(times["torch"], per_call)
+    ours.update(compile_s=compile_s, first_call_s=first_call_s, logits_dtype=logits_dtype["ours"])
+    theirs.update(logits_dtype=logits_dtype["torch"],
+                  attn_implementation=getattr(hf.config, "_attn_implementation", None))
+    del hf, model, graphdef, state
     results[name] = {
         "ours_tokens_per_s": ours["tokens_per_s"],
         "torch_tokens_per_s": theirs["tokens_per_s"],
         "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
-        "compile_s": ours["compile_s"],
+        "compile_s": compile_s,
+        "loadavg_1min": [load_before, load_after],
         "ours": ours,
         "torch": theirs,
     }
     print(f"[forward] {name}: ours {ours['tokens_per_s']:.0f} tok/s, torch {theirs['tokens_per_s']:.0f} "
-          f"tok/s, ratio {results[name]['ratio']:.3f}", file=sys.stderr, flush=True)
+          f"tok/s, ratio {results[name]['ratio']:.3f}, compile {compile_s:.1f}s", file=sys.stderr,
+          flush=True)
   return {
       "model": path,
       "batch": b,
@@ -202,9 +198,13 @@ SUBCOMMANDS = {
 @exit_on_user_error
 def main(argv):
   args = argv[1:]
-  if len(args) != 1 or args[0] not in SUBCOMMANDS:
-    got = " ".join(args) if args else "none"
-    raise UserError(f"unknown subcommand {got!r}: expected exactly one of {', '.join(SUBCOMMANDS)}")
+  names = ", ".join(SUBCOMMANDS)
+  if not args:
+    raise UserError(f"missing subcommand: expected one of {names}")
+  if len(args) > 1:
+    raise UserError(f"expected one subcommand, got {' '.join(args)!r}: one of {names}")
+  if args[0] not in SUBCOMMANDS:
+    raise UserError(f"unknown subcommand {args[0]!r}: expected one of {names}")
   command = args[0]
   report = {"benchmark": command}
   report.update(SUBCOMMANDS[command]())

@@ -26,7 +26,7 @@ def _tiny_hf(kind: str, tie: bool = False):
   import torch
   import transformers
   common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                 tie_word_embeddings=tie, rms_norm_eps=1e-5)
   torch.manual_seed(0)
   if kind == "llama":

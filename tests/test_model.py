@@ -79,6 +79,18 @@ def test_left_padded_batch_matches_unpadded_rows(tiny_hf_dir):
     np.testing.assert_allclose(batched[i, -len(row):], single, atol=TOL)
 
 
+def test_long_left_padded_batch_uses_blocked_attention_and_matches_hf(tiny_hf_dir):
+  """T=300 runs the causal query-block path (3 blocks); left padding must not leak into real tokens."""
+  hf, path = tiny_hf_dir
+  model = load_model(path, jnp.float32)
+  rows = [list(_tokens(1, n, seed=n)[0]) for n in (300, 170)]
+  tokens, mask = left_pad(rows, pad_id=0)
+  ref_logits, _ = parity.hf_forward(hf, tokens, mask)
+  graphdef, state = nnx.split(model)
+  got = np.asarray(forward_logits(graphdef, state, tokens, mask))
+  assert np.abs(got - ref_logits)[mask].max() <= TOL
+
+
 def test_kv_cache_decode_matches_full_forward(tiny_hf_dir):
   _, path = tiny_hf_dir
   model = load_model(path, jnp.float32)
