@@ -1,5 +1,7 @@
 """Tiny random Llama-3 / Qwen2 built by transformers: our Flax forward must match HF torch in float32."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,3 +130,22 @@ def test_tied_embeddings(tmp_path):
   tokens = _tokens()
   ref_logits, _ = parity.hf_forward(hf, tokens, np.ones_like(tokens))
   assert np.abs(np.asarray(model(jnp.asarray(tokens)).logits) - ref_logits).max() <= TOL
+
+
+def test_sharded_safetensors_index_loads_identically(tiny_hf_dir, tmp_path):
+  hf, path = tiny_hf_dir
+  hf.save_pretrained(tmp_path, max_shard_size="100KB")
+  assert os.path.exists(tmp_path / "model.safetensors.index.json")
+  assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) > 2
+  a = load_model(str(tmp_path), jnp.float32)
+  b = load_model(path, jnp.float32)
+  for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_hub_id_without_a_hub_is_a_clear_error():
+  from sae_jax.errors import UserError
+  with pytest.raises(UserError, match="cannot fetch 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B' from the hub"):
+    load_model("deepseek-ai/DeepSeek-R1-Distill-Llama-8B")
+  with pytest.raises(UserError, match="neither a checkpoint dir, a .gguf file, nor a hub id"):
+    load_model("/no/such/dir")
