@@ -94,3 +94,20 @@ def test_train_sae_from_cache_exports_saelens(assets, tmp_path):
   cfg = json.load(open(out / "sae" / "cfg.json"))
   assert cfg["d_in"] == 576 and cfg["d_sae"] == 1152 and cfg["hook_name"] == "blocks.19.hook_resid_post"
   assert os.path.exists(out / "sae" / "sae_weights.safetensors") and os.path.exists(out / "run.json")
+
+
+def test_train_sae_on_the_fly(assets, tmp_path):
+  """No cache: the model runs inside the loop, excluded ids dropped, then the splice eval on the corpus."""
+  out = tmp_path / "train"
+  proc = subprocess.run(_cmd("train_sae.py", *SMALL, f"--config.model.path={assets.smollm2_hf}",
+                             f"--config.trainer.out_dir={out}", "--config.sae.n_steps=20",
+                             "--config.sae.batch_size=128", "--config.sae.d_sae=1152",
+                             "--config.sae.lr_decay_steps=5", "--config.sae.l1_warm_up_steps=5",
+                             "--config.sae.n_batches_for_norm_estimate=4", "--config.trainer.buffer_half_tokens=512",
+                             "--config.eval.batches=2", "--config.trainer.progress=false"),
+                        capture_output=True, text=True, env=_env(), timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  result = json.load(open(out / "result.json"))
+  ev = result["splice_eval"]
+  assert ev["ce_loss_clean"] < ev["ce_loss_zero_ablation"] and ev["tokens"] > 0
+  assert result["steps"] == 20
