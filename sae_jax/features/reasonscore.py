@@ -1,0 +1,251 @@
+"""ReasonScore (REFERENCE.md section 6): which SAE features fire on reasoning words, across many words.
+
+Per feature j, on the W_dec-norm-folded activations: mu+_j / mu-_j = mean over tokens inside / outside the
+widened word windows, mu_{j,r} = mean over word r's windows, H_j = normalised entropy of mu_{j,.} over the
+words, and score_j = mu+_j / (sum_k mu+_k + eps) * H_j^alpha - mu-_j / (sum_k mu-_k + eps), the sums over
+the whole dictionary.
+
+The reference re-runs the LLM for every 48-feature slice. Here one jitted step encodes all features of a token
+batch (latents sharded on `model`, tokens on the data axes) and adds per-mask sums, so the LLM runs once per
+token whatever the dictionary size. `reasonscore_dense` computes the same from stored activations in float64,
+as the check for the streamed path.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sae_jax.errors import UserError
+from sae_jax.features.masks import PAPER_IGNORE_IDS, PAPER_WINDOW, check_mask_settings, reason_masks
+from sae_jax.features.vocab import Vocabulary
+from sae_jax.models import sharding as shd
+from sae_jax.sae import encode, fold_W_dec_norm
+
+PAPER_ALPHA = 0.7
+EPS = 1e-12
+ARRAYS = ("scores", "mu_pos", "mu_neg", "group_means", "entropy", "entropy_norm")
+META_FILE = "reasonscore.json"  # written last: its presence means the arrays beside it are complete
+_LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0, "log_threshold": 0}  # d_sae axis per tensor
+_MAX_COUNT = 2**31 - 1  # counts are int32 on device
+
+
+@dataclasses.dataclass(frozen=True)
+class ReasonScores:
+  """Per-feature ReasonScore and the statistics behind it (float32, feature axis last)."""
+
+  scores: np.ndarray  # [d_sae]
+  mu_pos: np.ndarray  # [d_sae] mean over tokens inside any word window
+  mu_neg: np.ndarray  # [d_sae] mean over the other (non-ignored) tokens
+  group_means: np.ndarray  # [n_groups, d_sae] mean over each word's windows (0 where a word never occurs)
+  entropy: np.ndarray  # [d_sae] H in nats of group_means normalised per feature
+  entropy_norm: np.ndarray  # [d_sae] H / ln(n_groups) (1 with a single group), the factor raised to alpha
+  group_names: tuple[str, ...]
+  pos_count: int
+  neg_count: int
+  group_counts: tuple[int, ...]
+  settings: dict  # alpha, eps, window, mode, ignore_ids, n_tokens
+
+  def top_k(self, k: int) -> list[dict]:
+    """The k best features (ties: lower id first), each with its per-word breakdown."""
+    order = np.argsort(-self.scores, kind="stable")[:k]
+    return [{"feature": int(j), "score": float(self.scores[j]), "mu_pos": float(self.mu_pos[j]),
+             "mu_neg": float(self.mu_neg[j]), "entropy_norm": float(self.entropy_norm[j]),
+             "words": {g: float(self.group_means[r, j]) for r, g in enumerate(self.group_names)}}
+            for j in order]
+
+  def save(self, out_dir: str) -> str:
+    """<name>.npy per array, then reasonscore.json; each file replaced atomically."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ARRAYS:
+      _write_atomically(os.path.join(out_dir, f"{name}.npy"), lambda f, a=getattr(self, name): np.save(f, a))
+    meta = {"group_names": list(self.group_names), "pos_count": self.pos_count, "neg_count": self.neg_count,
+            "group_counts": list(self.group_counts), "settings": self.settings, "arrays": list(ARRAYS)}
+    _write_atomically(os.path.join(out_dir, META_FILE), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    return out_dir
+
+  @classmethod
+  def load(cls, out_dir: str) -> "ReasonScores":
+    path = os.path.join(out_dir, META_FILE)
+    if not os.path.exists(path):
+      raise UserError(f"no ReasonScore results in {out_dir}: {META_FILE} is missing")
+    with open(path) as f:
+      meta = json.load(f)
+    arrays = {name: np.load(os.path.join(out_dir, f"{name}.npy")) for name in ARRAYS}
+    return cls(**arrays, group_names=tuple(meta["group_names"]), pos_count=meta["pos_count"],
+               neg_count=meta["neg_count"], group_counts=tuple(meta["group_counts"]), settings=meta["settings"])
+
+
+def _write_atomically(path: str, write) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path) or ".")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _mask_rows(masks, xp):
+  """[2 + n_groups, B, L]: pos, neg, then each group; the rows of the sums and counts."""
+  return xp.concatenate([masks.pos[None], masks.neg[None], masks.groups])
+
+
+def scores_from_sums(sums, counts, group_names, alpha: float = PAPER_ALPHA, eps: float = EPS,
+                     settings: dict | None = None) -> ReasonScores:
+  """Means, entropy and scores from per-mask activation sums [2 + R, F] and token counts [2 + R].
+
+  The reference's formula (compute_score.py:328-350, fixtures README 2.3 steps 5-7), evaluated in float64.
+  """
+  sums = np.asarray(sums, np.float64)
+  counts = np.asarray(counts, np.int64)
+  if counts[0] + counts[1] == 0:
+    raise UserError("ReasonScore has no tokens to average: every token is an ignored id")
+  means = sums / np.maximum(counts, 1)[:, None]  # an empty mask has sum 0, so mean 0 as in the reference
+  mu_pos, mu_neg, group_means = means[0], means[1], means[2:]
+  probs = group_means / (group_means.sum(axis=0) + eps)
+  entropy = -np.sum(probs * np.log(np.where(probs > 0, probs, 1.0)), axis=0)  # 0 log 0 := 0
+  n_groups = len(group_names)
+  entropy_norm = entropy / np.log(n_groups) if n_groups > 1 else np.ones_like(entropy)
+  scores = mu_pos / (mu_pos.sum() + eps) * entropy_norm**alpha - mu_neg / (mu_neg.sum() + eps)
+  f32 = lambda a: a.astype(np.float32)  # noqa: E731
+  return ReasonScores(
+      scores=f32(scores), mu_pos=f32(mu_pos), mu_neg=f32(mu_neg), group_means=f32(group_means),
+      entropy=f32(entropy), entropy_norm=f32(entropy_norm), group_names=tuple(group_names),
+      pos_count=int(counts[0]), neg_count=int(counts[1]), group_counts=tuple(int(c) for c in counts[2:]),
+      settings={"alpha": float(alpha), "eps": float(eps), **(settings or {})})
+
+
+def _settings(window, mode, ignore_ids, n_tokens) -> dict:
+  return {"window": [int(w) for w in window], "mode": mode, "ignore_ids": [int(i) for i in ignore_ids],
+          "n_tokens": int(n_tokens)}
+
+
+def reasonscore_dense(acts, tokens, vocab: Vocabulary, *, window=PAPER_WINDOW, mode: str = "reference",
+                      ignore_ids=PAPER_IGNORE_IDS, alpha: float = PAPER_ALPHA, eps: float = EPS) -> ReasonScores:
+  """ReasonScore of feature activations `acts` [B, L, F] (already folded) on `tokens` [B, L], all at once."""
+  check_mask_settings(window, mode)
+  acts = np.asarray(acts, np.float64)
+  tokens = np.asarray(tokens)
+  if tokens.size == 0:
+    raise UserError("ReasonScore got no tokens: the corpus is empty")
+  if acts.ndim != 3 or acts.shape[:2] != tokens.shape:
+    raise UserError(f"activations {acts.shape} do not match tokens {tokens.shape}: expected [B, L, features]")
+  rows = _mask_rows(reason_masks(tokens, vocab, window, mode, ignore_ids), np)
+  sums = np.einsum("mbl,blf->mf", rows.astype(np.float64), acts)
+  return scores_from_sums(sums, rows.sum(axis=(1, 2)), vocab.group_names, alpha, eps,
+                          _settings(window, mode, ignore_ids, tokens.size))
+
+
+class ReasonScoreAccumulator:
+  """One pass over a corpus: `update(tokens, acts)` per batch of raw site activations, then `finalize()`.
+
+  `params` is the SAE as trained or loaded ({W_enc [d_in, d_sae], b_enc, W_dec, b_dec, ...}); it is folded
+  with `fold_W_dec_norm` first, as the reference does (pass `fold=False` for params folded already).
+  `sae_cfg` is what `sae_jax.sae.encode` takes (an SAEConfig, or the standard SAE's apply_b_dec_to_input).
+  With a `mesh`, latents are split on its `model` axis and token batches on its data axes; sums are float32
+  and counts int32 on device. Matmuls run at `matmul_precision` ("highest" = float32 on TPU too).
+  """
+
+  def __init__(self, params, vocab: Vocabulary, *, sae_cfg=False, window=PAPER_WINDOW, mode: str = "reference",
+               ignore_ids=PAPER_IGNORE_IDS, mesh=None, fold: bool = True, matmul_precision: str = "highest"):
+    window = check_mask_settings(window, mode)
+    if "W_enc" not in params or np.ndim(params["W_enc"]) != 2:
+      raise UserError("SAE params need W_enc [d_in, d_sae]")
+    self.d_in, self.d_sae = (int(n) for n in np.shape(params["W_enc"]))
+    self.vocab, self.window, self.mode, self.mesh = vocab, window, mode, mesh
+    self.ignore_ids = tuple(int(i) for i in ignore_ids)
+    self.matmul_precision = matmul_precision
+    self.n_tokens = 0
+    params = {k: self._place(v, _LATENT_AXIS.get(k)) for k, v in params.items()}
+    if fold:
+      params = fold_W_dec_norm(params)
+    self._params = {k: v for k, v in params.items() if k != "W_dec"}  # encoding never reads the decoder
+    n_rows = 2 + len(vocab.group_names)
+    self._state = {"sums": self._place(jnp.zeros((n_rows, self.d_sae), jnp.float32), 1),
+                   "counts": self._place(jnp.zeros((n_rows,), jnp.int32), None)}
+    self._step = jax.jit(self._make_step(sae_cfg), donate_argnums=(0,))
+
+  def _place(self, a, latent_axis):
+    """On the mesh with the d_sae axis (if any) split on `model`; floats as float32."""
+    a = a if hasattr(a, "dtype") else np.asarray(a)
+    if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != jnp.float32:
+      a = a.astype(np.float32)
+    if self.mesh is None:
+      return jnp.asarray(a)
+    axes = tuple("latent" if i == latent_axis else None for i in range(a.ndim))
+    return jax.device_put(a, shd.logical_sharding(axes, a.shape, self.mesh))
+
+  def _make_step(self, sae_cfg):
+    vocab, window, mode, ignore_ids, mesh = self.vocab, self.window, self.mode, self.ignore_ids, self.mesh
+
+    def step(state, params, tokens, acts):
+      rows = _mask_rows(reason_masks(tokens, vocab, window, mode, ignore_ids), jnp)
+      features = encode(params, acts.astype(jnp.float32), sae_cfg)
+      if mesh is not None:
+        features = jax.lax.with_sharding_constraint(
+            features, shd.logical_sharding(("batch", None, "latent"), features.shape, mesh))
+      sums = jnp.einsum("mbl,blf->mf", rows.astype(jnp.float32), features)
+      return {"sums": state["sums"] + sums, "counts": state["counts"] + rows.sum(axis=(1, 2), dtype=jnp.int32)}
+
+    return step
+
+  def update(self, tokens, acts) -> None:
+    """Adds one batch: tokens [B, L] ids, acts [B, L, d_in] raw site activations (e.g. from make_site_fn)."""
+    shape = tuple(np.shape(tokens))
+    if len(shape) != 2:
+      raise UserError(f"tokens must be [batch, length], got shape {shape}")
+    acts_shape = tuple(np.shape(acts))
+    if len(acts_shape) != 3 or acts_shape[:2] != shape:
+      raise UserError(f"activations {acts_shape} do not match tokens {shape}: expected [B, L, d_in]")
+    if acts_shape[2] != self.d_in:
+      raise UserError(f"SAE d_in {self.d_in} != activation width {acts_shape[2]}")
+    if self.n_tokens + shape[0] * shape[1] > _MAX_COUNT:
+      raise UserError(f"more than {_MAX_COUNT} tokens: split the corpus and add the sums and counts")
+    if self.mesh is not None:
+      n_data = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+      if shape[0] % n_data:
+        raise UserError(f"batch of {shape[0]} rows does not split over {n_data} data shards")
+      tokens = jax.device_put(tokens, shd.batch_sharding(self.mesh, 2))
+      acts = jax.device_put(acts, shd.batch_sharding(self.mesh, 3))
+    with jax.default_matmul_precision(self.matmul_precision):
+      self._state = self._step(self._state, self._params, tokens, acts)
+    self.n_tokens += shape[0] * shape[1]
+
+  def sums_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
+    """Host copies of the per-mask sums [2 + R, d_sae] (pos, neg, groups) and counts [2 + R]."""
+    state = jax.device_get(self._state)
+    return np.asarray(state["sums"]), np.asarray(state["counts"])
+
+  def finalize(self, alpha: float = PAPER_ALPHA, eps: float = EPS) -> ReasonScores:
+    if self.n_tokens == 0:
+      raise UserError("ReasonScore got no tokens: the corpus is empty")
+    sums, counts = self.sums_and_counts()
+    return scores_from_sums(sums, counts, self.vocab.group_names, alpha, eps,
+                            _settings(self.window, self.mode, self.ignore_ids, self.n_tokens))
+
+
+def reasonscore_corpus(site_fn, rows, params, vocab: Vocabulary, *, batch_rows: int, alpha: float = PAPER_ALPHA,
+                       eps: float = EPS, progress=None, **accumulator_kwargs) -> ReasonScores:
+  """ReasonScore of token `rows` [n, L] with `site_fn(tokens) -> [B, L, d_in]`, one forward per token.
+
+  `site_fn` is `sae_jax.activations.collect.make_site_fn(model, layer, "resid_post", mesh)`; the paper scores
+  the first 4096 shuffled rows of 1024 tokens (REFERENCE.md 6.1). `progress(rows_done, n_rows)` is called
+  after each batch; other keywords go to `ReasonScoreAccumulator`.
+  """
+  if len(rows) == 0:
+    raise UserError("ReasonScore got no tokens: the corpus is empty")
+  acc = ReasonScoreAccumulator(params, vocab, **accumulator_kwargs)
+  for start in range(0, len(rows), batch_rows):
+    tokens = np.asarray(rows[start:start + batch_rows])
+    if acc.mesh is not None:
+      tokens = jax.device_put(tokens, shd.batch_sharding(acc.mesh, 2))
+    acc.update(tokens, site_fn(tokens))
+    if progress is not None:
+      progress(start + tokens.shape[0], len(rows))
+  return acc.finalize(alpha, eps)
