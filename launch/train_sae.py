@@ -68,8 +68,7 @@ def _splice_eval(c, sae_cfg, params, mesh) -> dict:
   n = min(c.eval.batches, len(rows) // b)
   batches = [rows[len(rows) - (i + 1) * b:len(rows) - i * b] for i in range(n)]
   return splice_metrics(model, params, batches, sae_cfg.hook_layer, sae_cfg.hook_site,
-                        exclude_ids=sae_cfg.exclude_special_tokens,
-                        apply_b_dec_to_input=sae_cfg.apply_b_dec_to_input)
+                        exclude_ids=sae_cfg.exclude_special_tokens, sae_cfg=sae_cfg)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,15 @@ from synthetic_acts import SyntheticActs
 D, D_SAE, BATCH = 16, 64, 32
 
 
-def _cfg(n_steps=60):
+def _cfg(n_steps=60, architecture="standard"):
   return SAEConfig(d_in=D, d_sae=D_SAE, n_steps=n_steps, batch_size=BATCH, lr=2e-2, l1_coefficient=0.5,
+                   architecture=architecture, k=4, l0_warm_up_steps=10,
                    l1_warm_up_steps=10, lr_decay_steps=10, n_batches_for_norm_estimate=4, hook_layer=1,
                    exclude_special_tokens=())
 
 
-def _run(out_dir, n_steps=60, mesh=None, nan_at=-1, checkpoint_every=20):
-  cfg = _cfg(n_steps)
+def _run(out_dir, n_steps=60, mesh=None, nan_at=-1, checkpoint_every=20, architecture="standard"):
+  cfg = _cfg(n_steps, architecture)
   stream = BatchStream(SyntheticActs(D, nan_at=nan_at), d=D, batch_size=BATCH, half=128, slack=64, seed=1,
                        sharding=None if mesh is None else shd.batch_sharding(mesh))
   opts = TrainerOptions(out_dir=str(out_dir), log_every=10, checkpoint_every=checkpoint_every,
@@ -77,10 +78,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     np.testing.assert_array_equal(resumed["params"][k], straight["params"][k])
 
 
-def test_sharded_2x4_matches_one_device(tmp_path):
-  single = _run(tmp_path / "one", n_steps=30)
+@pytest.mark.parametrize("architecture", ["standard", "topk", "batchtopk", "jumprelu"])
+def test_sharded_2x4_matches_one_device(tmp_path, architecture):
+  single = _run(tmp_path / "one", n_steps=30, architecture=architecture)
   mesh = shd.make_mesh(2, 1, 4)
-  sharded = _run(tmp_path / "eight", n_steps=30, mesh=mesh)
+  sharded = _run(tmp_path / "eight", n_steps=30, mesh=mesh, architecture=architecture)
   for k in single["params"]:
     np.testing.assert_allclose(sharded["params"][k], single["params"][k], rtol=1e-4, atol=1e-5)
 

@@ -1,8 +1,12 @@
-"""SAELens' on-disk SAE format: a dir with `cfg.json` + `sae_weights.safetensors` (W_enc, b_enc, W_dec, b_dec).
+"""SAELens' on-disk SAE format: a dir with `cfg.json` + `sae_weights.safetensors` (W_enc, b_enc, W_dec, b_dec,
+and `threshold` [d_sae] for JumpReLU).
 
 What we write loads with SAELens 5.5.2 `SAE.load_from_pretrained(dir)` (and, uploaded to the hub, with
 `SAE.from_pretrained`): cfg.json carries every `SAEConfig` field, the training keys SAELens' trainer writes,
-and our full config under "sae_jax". What SAELens writes loads here: the `standard` ReLU architecture only.
+and our full config under "sae_jax". Architectures as SAELens 5.5.2 names them: standard (ReLU); topk
+(architecture "topk", activation_fn_str "topk", k in activation_fn_kwargs; also a top-level "k" as SAELens 6
+reads it); jumprelu (threshold tensor = exp(log_threshold)); batchtopk is saved as a jumprelu SAE, as SAELens
+exports it. What SAELens writes loads here in those forms too (also the older standard + activation "topk").
 """
 
 import dataclasses
@@ -19,8 +23,8 @@ from safetensors.numpy import save_file
 
 from sae_jax import __version__
 from sae_jax.errors import UserError
+from sae_jax.sae import core
 from sae_jax.sae.config import NORMALIZE_ACTIVATIONS, SAEConfig, parse_hook_name
-from sae_jax.sae.standard import param_shapes
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -41,10 +45,16 @@ class LoadedSAE:
     return self.saelens_cfg.get("normalize_activations", "none") in ("none", False)
 
 
+def saelens_architecture(cfg: SAEConfig) -> str:
+  """The architecture SAELens loads our SAE as (batchtopk is a jumprelu SAE at inference)."""
+  return "jumprelu" if cfg.architecture == "batchtopk" else cfg.architecture
+
+
 def saelens_cfg_dict(cfg: SAEConfig, norm_scaling_factor: float | None = None) -> dict[str, Any]:
   """cfg.json contents: SAELens 5.5.2 `SAEConfig.to_dict()` keys + its trainer's keys + ours under "sae_jax"."""
-  return {
-      "architecture": cfg.architecture,
+  arch = cfg.architecture
+  d = {
+      "architecture": saelens_architecture(cfg),
       "d_in": cfg.d_in,
       "d_sae": cfg.d_sae,
       "dtype": "float32",
@@ -53,8 +63,8 @@ def saelens_cfg_dict(cfg: SAEConfig, norm_scaling_factor: float | None = None) -
       "hook_name": cfg.hook_name,
       "hook_layer": cfg.hook_layer,
       "hook_head_index": None,
-      "activation_fn_str": "relu",
-      "activation_fn_kwargs": {},
+      "activation_fn_str": "topk" if arch == "topk" else "relu",
+      "activation_fn_kwargs": {"k": cfg.k} if arch == "topk" else {},
       "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
       "finetuning_scaling_factor": False,
       "sae_lens_training_version": None,
@@ -67,38 +77,55 @@ def saelens_cfg_dict(cfg: SAEConfig, norm_scaling_factor: float | None = None) -
       "model_from_pretrained_kwargs": {},
       "seqpos_slice": [None],
       # What SAELens' TrainingSAEConfig adds; it describes how these weights were trained.
-      "l1_coefficient": cfg.l1_coefficient,
+      # (SAELens 5.5.2 also uses l1_coefficient as jumprelu's L0 coefficient.)
+      "l1_coefficient": {"standard": cfg.l1_coefficient, "jumprelu": cfg.l0_coefficient}.get(arch, 0.0),
       "lp_norm": 1.0,
       "use_ghost_grads": False,
-      "normalize_sae_decoder": False,
+      "normalize_sae_decoder": cfg.normalize_decoder,
       "noise_scale": 0.0,
       "decoder_orthogonal_init": False,
       "mse_loss_normalization": None,
-      "decoder_heuristic_init": True,
+      "decoder_heuristic_init": arch == "standard",
       "init_encoder_as_decoder_transpose": True,
-      "scale_sparsity_penalty_by_decoder_norm": True,
+      "scale_sparsity_penalty_by_decoder_norm": arch == "standard",
       "sae_jax": {"version": __version__, "config": cfg.to_dict(),
                   "norm_scaling_factor": None if norm_scaling_factor is None else float(norm_scaling_factor)},
   }
+  if arch == "topk":
+    d["k"] = cfg.k
+  if arch == "jumprelu":
+    d["jumprelu_init_threshold"] = cfg.jumprelu_init_threshold
+    d["jumprelu_bandwidth"] = cfg.jumprelu_bandwidth
+  return d
 
 
 def save_saelens(out_dir: str, params, cfg: SAEConfig, norm_scaling_factor: float | None = None) -> str:
   """Writes `out_dir` atomically (temp dir beside it, then rename); an existing `out_dir` is replaced.
 
   Pass `norm_scaling_factor` only for weights that still expect s*x (not folded); folded weights, which work
-  on raw activations, are what SAELens itself saves at the end of training.
+  on raw activations, are what SAELens itself saves at the end of training. Training params are fine: a
+  jumprelu log_threshold is written as threshold = exp(log_threshold).
   """
   if norm_scaling_factor is not None and cfg.normalize_activations == "none":
     raise UserError("norm_scaling_factor given but the SAE config has normalize_activations='none'")
-  arrays = _checked_params(params, cfg.d_in, cfg.d_sae, "params to save")
+  arrays = _checked_params(core.inference_params(params, cfg), cfg, "params to save")
+
+  def write(tmp):
+    save_file(arrays, os.path.join(tmp, WEIGHTS_FILENAME), metadata={"format": "pt"})
+    with open(os.path.join(tmp, CFG_FILENAME), "w") as f:
+      json.dump(saelens_cfg_dict(cfg, norm_scaling_factor), f, indent=2)
+
+  return write_dir_atomically(out_dir, write)
+
+
+def write_dir_atomically(out_dir: str, write) -> str:
+  """`write(tmp)` fills a temp dir beside `out_dir`, which then replaces `out_dir` (never half-written)."""
   out_dir = os.path.abspath(out_dir)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
   try:
-    save_file(arrays, os.path.join(tmp, WEIGHTS_FILENAME), metadata={"format": "pt"})
-    with open(os.path.join(tmp, CFG_FILENAME), "w") as f:
-      json.dump(saelens_cfg_dict(cfg, norm_scaling_factor), f, indent=2)
+    write(tmp)
     old = None
     if os.path.exists(out_dir):  # move aside first so a crash never leaves out_dir half-written
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
@@ -129,7 +156,11 @@ def load_saelens(path: str) -> LoadedSAE:
   except UserError as e:
     msg = str(e)
     raise UserError(msg if msg.startswith(cfg_path) else f"{cfg_path}: {msg}") from None
-  params = _read_weights(weights_path, cfg.d_in, cfg.d_sae)
+  tensors = read_tensors(weights_path)
+  if cfg.architecture in ("jumprelu", "batchtopk") and "threshold" not in tensors:
+    raise UserError(f"{weights_path}: unsupported SAE architecture {raw.get('architecture')!r} with no 'threshold' "
+                    f"tensor: expected 'standard' weights, or a threshold [{cfg.d_sae}] for jumprelu")
+  params = _checked_params(tensors, cfg, weights_path)
   return LoadedSAE(params=params, cfg=cfg, norm_scaling_factor=s, saelens_cfg=raw)
 
 
@@ -141,10 +172,7 @@ def _config_from_saelens(raw: dict[str, Any], where: str) -> tuple[SAEConfig, fl
   architecture = d.get("architecture", "standard")
   activation = d.get("activation_fn_str", d.get("activation_fn", "relu"))
   normalize = d.get("normalize_activations", "none")
-  if architecture != "standard":
-    raise UserError(f"{where}: unsupported SAE architecture {architecture!r}: expected 'standard'")
-  if activation != "relu":
-    raise UserError(f"{where}: unsupported activation_fn_str {activation!r}: expected 'relu'")
+  arch_kwargs = _saelens_architecture_kwargs(architecture, activation, d, where)
   if d.get("finetuning_scaling_factor", False):
     raise UserError(f"{where}: finetuning_scaling_factor=true is not supported: expected false")
   if normalize not in NORMALIZE_ACTIVATIONS:
@@ -156,22 +184,49 @@ def _config_from_saelens(raw: dict[str, Any], where: str) -> tuple[SAEConfig, fl
   ours = d.get("sae_jax")
   if isinstance(ours, dict) and "config" in ours:
     cfg = SAEConfig.from_dict(ours["config"])
-    if (cfg.d_in, cfg.d_sae, cfg.hook_name) != (d["d_in"], d["d_sae"], d["hook_name"]):
-      raise UserError(f"{where}: the 'sae_jax' config disagrees with d_in/d_sae/hook_name: expected the same")
+    if ((cfg.d_in, cfg.d_sae, cfg.hook_name, saelens_architecture(cfg))
+        != (d["d_in"], d["d_sae"], d["hook_name"], architecture)):
+      raise UserError(f"{where}: the 'sae_jax' config disagrees with d_in/d_sae/hook_name/architecture: "
+                      "expected the same")
     return cfg, ours.get("norm_scaling_factor")
   layer, site = parse_hook_name(d["hook_name"])
   kwargs = dict(d_in=d["d_in"], d_sae=d["d_sae"], apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
                 model_name=str(d.get("model_name") or ""), hook_layer=layer, hook_site=site,
                 dataset_path=str(d.get("dataset_path") or ""), prepend_bos=bool(d.get("prepend_bos", True)),
-                normalize_activations=normalize)
+                normalize_activations=normalize, **arch_kwargs)
   if d.get("context_size"):
     kwargs["context_size"] = d["context_size"]
   if d.get("l1_coefficient") is not None:
-    kwargs["l1_coefficient"] = d["l1_coefficient"]
+    kwargs["l0_coefficient" if kwargs["architecture"] == "jumprelu" else "l1_coefficient"] = d["l1_coefficient"]
+  for key in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
+    if kwargs["architecture"] == "jumprelu" and d.get(key):
+      kwargs[key] = d[key]
   return SAEConfig(**kwargs), None
 
 
-def _read_weights(weights_path: str, d_in: int, d_sae: int) -> dict[str, np.ndarray]:
+def _saelens_architecture_kwargs(architecture, activation, d, where) -> dict[str, Any]:
+  """SAEConfig fields for SAELens' (architecture, activation_fn_str): standard+relu, topk (as architecture "topk"
+  or, in older files, standard + activation "topk"), jumprelu+relu."""
+  if architecture == "jumprelu" and activation == "relu":
+    return {"architecture": "jumprelu"}
+  if architecture == "standard" and activation == "relu":
+    return {"architecture": "standard"}
+  if architecture in ("standard", "topk") and activation in ("topk", "relu"):
+    kwargs = d.get("activation_fn_kwargs") or {}
+    k = kwargs.get("k", d.get("k")) if isinstance(kwargs, dict) else None
+    if k is None:
+      raise UserError(f"{where}: unsupported activation_fn_str {activation!r} without a k "
+                      "(activation_fn_kwargs {'k': ...}): expected 'relu', or 'topk' with k")
+    return {"architecture": "topk", "k": k}
+  if architecture in ("standard", "jumprelu", "topk"):
+    raise UserError(f"{where}: unsupported activation_fn_str {activation!r} for architecture {architecture!r}: "
+                    "expected 'relu' (or 'topk' for topk)")
+  raise UserError(f"{where}: unsupported SAE architecture {architecture!r}: expected 'standard', 'topk' or "
+                  "'jumprelu'")
+
+
+def read_tensors(weights_path: str) -> dict[str, np.ndarray]:
+  """Every tensor of a safetensors file as float32 numpy (bf16 through jax on the host)."""
   tensors = {}
   try:
     with safe_open(weights_path, framework="numpy") as f:
@@ -186,12 +241,13 @@ def _read_weights(weights_path: str, d_in: int, d_sae: int) -> dict[str, np.ndar
   scale = tensors.pop("scaling_factor", None)  # some SAELens-era files carry an all-ones one
   if scale is not None and not np.all(scale == 1):
     raise UserError(f"{weights_path}: a non-trivial 'scaling_factor' tensor is not supported: expected all ones")
-  return _checked_params(tensors, d_in, d_sae, weights_path)
+  return tensors
 
 
-def _checked_params(params, d_in: int, d_sae: int, where: str) -> dict[str, np.ndarray]:
-  """The four tensors as contiguous float32 numpy arrays, with names and shapes checked against d_in/d_sae."""
-  expected = param_shapes(d_in, d_sae)
+def _checked_params(params, cfg: SAEConfig, where: str) -> dict[str, np.ndarray]:
+  """The inference-form tensors as contiguous float32 numpy arrays, names and shapes checked against cfg."""
+  d_in, d_sae = cfg.d_in, cfg.d_sae
+  expected = core.param_shapes(cfg, training=False)
   missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
   if missing or extra:
     raise UserError(f"{where}: tensors missing {missing}, unexpected {extra}: expected exactly {sorted(expected)}")

@@ -1,4 +1,4 @@
-"""The learning-rate and L1-coefficient schedules of SAELens 5.5.2, as functions of the 0-based step t.
+"""The learning-rate and sparsity-coefficient schedules of SAELens 5.5.2, as functions of the 0-based step t.
 
 Both are traceable (t may be a traced int) and exact in float32: integer ratios are formed before the one
 multiplication by the base value.
@@ -16,6 +16,15 @@ def l1_coefficient_at(cfg: SAEConfig, step):
   if w == 0:
     return jnp.full(step.shape, cfg.l1_coefficient, jnp.float32)
   return jnp.float32(cfg.l1_coefficient) * (jnp.minimum(step, w).astype(jnp.float32) / jnp.float32(w))
+
+
+def l0_coefficient_at(cfg: SAEConfig, step):
+  """jumprelu's L0 coefficient, warmed up from 0 like lambda: l0_coefficient * min(t, W) / W."""
+  step = jnp.asarray(step, jnp.int32)
+  w = cfg.l0_warm_up_steps
+  if w == 0:
+    return jnp.full(step.shape, cfg.l0_coefficient, jnp.float32)
+  return jnp.float32(cfg.l0_coefficient) * (jnp.minimum(step, w).astype(jnp.float32) / jnp.float32(w))
 
 
 def lr_at(cfg: SAEConfig, step):

@@ -12,7 +12,8 @@ import numpy as np
 from flax import nnx
 
 from sae_jax.models.transformer import Hooks, Transformer
-from sae_jax.sae import standard
+from sae_jax.sae import core
+from sae_jax.sae.config import SAEConfig
 
 
 def _token_stats(logits, clean_logp, tokens, valid):
@@ -24,16 +25,17 @@ def _token_stats(logits, clean_logp, tokens, valid):
   return jnp.sum(ce * valid), jnp.sum(kl * valid)
 
 
-def make_splice_eval(model: Transformer, layer: int, site: str, apply_b_dec_to_input: bool = False):
+def make_splice_eval(model: Transformer, layer: int, site: str, sae_cfg: SAEConfig | None = None):
   """jitted fn(sae_params, scale, tokens, valid) -> (sums of CE clean/sae/zero, KL sae/zero, count).
 
   `sae_params` act on `scale * x` (pass the trainer's unfolded params with s, or folded params with 1).
+  `sae_cfg` selects the architecture's encoder (None: the standard SAE without b_dec on the input).
   """
   graphdef, state = nnx.split(model)
 
   def reconstruct(params, scale, x):
     xs = x.astype(jnp.float32) * scale
-    return standard.decode(params, standard.encode(params, xs, apply_b_dec_to_input)) / scale
+    return core.decode(params, core.encode(params, xs, sae_cfg if sae_cfg is not None else False)) / scale
 
   @jax.jit
   def run(state, params, scale, tokens, valid):
@@ -51,9 +53,9 @@ def make_splice_eval(model: Transformer, layer: int, site: str, apply_b_dec_to_i
 
 
 def splice_metrics(model: Transformer, sae_params, token_batches, layer: int, site: str = "resid_post",
-                   scale: float = 1.0, exclude_ids=(), apply_b_dec_to_input: bool = False) -> dict:
+                   scale: float = 1.0, exclude_ids=(), sae_cfg: SAEConfig | None = None) -> dict:
   """Means over `token_batches` ([B, T] int arrays); predictions of excluded ids (BOS/EOS) do not count."""
-  run = make_splice_eval(model, layer, site, apply_b_dec_to_input)
+  run = make_splice_eval(model, layer, site, sae_cfg)
   totals = np.zeros(6)
   for tokens in token_batches:
     tokens = np.asarray(tokens)

@@ -76,9 +76,11 @@ def fold_activation_norm_scaling_factor(params, s: float):
   """Weights trained on s*x -> weights for raw x: W_enc*s, W_dec/s, b_dec/s (b_enc unchanged), in float32.
 
   Features are unchanged and the reconstruction comes out in raw units. SAELens does this at the end of `fit()`.
+  Other tensors (the jumprelu / batchtopk `threshold`, `log_threshold`) act on the unchanged pre-activations, so
+  they pass through as they are.
   """
   s = np.float32(s)
-  return {"W_enc": params["W_enc"] * s, "b_enc": params["b_enc"], "W_dec": params["W_dec"] / s,
+  return {**params, "W_enc": params["W_enc"] * s, "b_enc": params["b_enc"], "W_dec": params["W_dec"] / s,
           "b_dec": params["b_dec"] / s}
 
 
@@ -86,8 +88,14 @@ def fold_W_dec_norm(params):  # noqa: N802 (SAELens' name)
   """Unit-norm decoder rows: W_dec_i / n_i, W_enc[:, i] * n_i, b_enc_i * n_i (b_dec unchanged).
 
   Reconstructions are unchanged and features come out in units of a unit decoder direction, which is what
-  ReasonScore and the dashboards read.
+  ReasonScore and the dashboards read. A JumpReLU threshold scales with its pre-activation (threshold * n_i, as
+  SAELens' JumpReLU fold). A TopK SAE's ranking changes unless the rows are unit norm already (the default).
   """
   n = jnp.linalg.norm(params["W_dec"], axis=1)
-  return {"W_enc": params["W_enc"] * n, "b_enc": params["b_enc"] * n, "W_dec": params["W_dec"] / n[:, None],
-          "b_dec": params["b_dec"]}
+  out = {**params, "W_enc": params["W_enc"] * n, "b_enc": params["b_enc"] * n,
+         "W_dec": params["W_dec"] / n[:, None], "b_dec": params["b_dec"]}
+  if "threshold" in params:
+    out["threshold"] = params["threshold"] * n
+  if "log_threshold" in params:
+    out["log_threshold"] = params["log_threshold"] + jnp.log(n)
+  return out

@@ -15,12 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from sae_jax.activations.buffer import BufferState, ShuffleBuffer
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 from sae_jax.sae import standard
+from sae_jax.sae.core import param_specs
 from sae_jax.sae.config import SAEConfig
 from sae_jax.sae.norm import estimate_norm_scaling_factor
 from sae_jax.sae.saelens_format import save_saelens
@@ -77,13 +78,9 @@ class BatchStream:
     self.producer.seek(meta["producer_position"])
 
 
-def param_shardings(mesh) -> dict:
-  """Latents on `model`, the rest replicated: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in]."""
-  latent = shd.LOGICAL_RULES["latent"]
-  return {"W_enc": NamedSharding(mesh, PartitionSpec(None, latent)),
-          "b_enc": NamedSharding(mesh, PartitionSpec(latent)),
-          "W_dec": NamedSharding(mesh, PartitionSpec(latent, None)),
-          "b_dec": NamedSharding(mesh, PartitionSpec())}
+def param_shardings(cfg: SAEConfig, mesh) -> dict:
+  """Latents on `model`, the rest replicated (the architecture's own parameter list)."""
+  return {n: NamedSharding(mesh, spec) for n, spec in param_specs(cfg).items()}
 
 
 class _Stop:
@@ -131,8 +128,8 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
   """Trains (or resumes) and writes `opts.out_dir`/{checkpoints, metrics.jsonl, sae/ (SAELens format)}."""
   os.makedirs(opts.out_dir, exist_ok=True)
   mesh = mesh or shd.make_mesh(devices=jax.devices()[:1])
-  shardings = param_shardings(mesh)
-  step_fn = make_train_step(cfg)
+  shardings = param_shardings(cfg, mesh)
+  step_fn = make_train_step(cfg, mesh)  # with a mesh, top-k selection stays on each latent shard
 
   def step_with_checks(params, opt_state, step, x, s, fire_steps):
     x = x * s
