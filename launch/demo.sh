@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The pipeline on the embedded default (SmolLM2-135M-Instruct from a PyPI wheel), end to end on a CPU.
 # Stages: convert (GGUF -> Orbax), chat (greedy answer), parity vs HF transformers (torch), collect
-# activations (cached shards), train a standard SAE (SAELens semantics) and export it in SAELens format.
+# activations (cached shards), train a standard SAE (SAELens semantics) and export it in SAELens format,
+# ReasonScore of every feature in one pass.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 OUT="${DEMO_OUT:-runs/demo}"
@@ -13,26 +14,31 @@ HF_DIR="$(asset smollm2_hf)"
 PY=.venv/bin/python
 start=$(date +%s)
 
-echo "== [1/5] convert: $GGUF -> $OUT/model"
+echo "== [1/6] convert: $GGUF -> $OUT/model"
 $PY launch/convert.py --model="$GGUF" --out="$OUT/model" --dtype=float32 --verbosity=-1 \
   | tee "$OUT/convert.log"
 
-echo "== [2/5] chat: greedy answer from the converted checkpoint (bf16)"
+echo "== [2/6] chat: greedy answer from the converted checkpoint (bf16)"
 $PY launch/chat.py --model="$OUT/model" --dtype=bfloat16 --max_new_tokens=48 --verbosity=-1 \
   --prompt="What is the capital of France? Answer in one sentence." | tee "$OUT/chat.log"
 
-echo "== [3/5] parity: our model vs HF transformers (torch), float32"
+echo "== [3/6] parity: our model vs HF transformers (torch), float32"
 $PY launch/compare_reference.py --model="$OUT/model" --reference="$HF_DIR" --dtype=float32 --layer=19 --verbosity=-1 \
   --out="$OUT/parity.json" > /dev/null
 
-echo "== [4/5] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
+echo "== [4/6] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
 $PY launch/collect_activations.py --config=configs/demo_smollm2.py --config.model.path="$OUT/model" \
   --out="$OUT/acts" --shard_tokens=16384 --verbosity=-1 | tee "$OUT/collect.log"
 
-echo "== [5/5] train: standard SAE (576 -> 4608) from the cached shards"
+echo "== [5/6] train: standard SAE (576 -> 4608) from the cached shards"
 rm -rf "$OUT/sae_train"
 $PY launch/train_sae.py --config=configs/demo_smollm2.py --config.activations.cache_dir="$OUT/acts" \
   --config.model.path="$OUT/model" --config.trainer.out_dir="$OUT/sae_train" --config.trainer.progress=false --verbosity=-1 > "$OUT/train.log"
+
+echo "== [6/6] reason_score: every feature of the demo SAE on held-out demo problems"
+$PY launch/reason_score.py --model="$OUT/model" --sae="$OUT/sae_train/sae" --out="$OUT/reasonscore" \
+  --dtype=float32 --data="demo#n=150,seed=7" --context_size=128 --packing=clean --n_rows=0 --shuffle_seed=-1 \
+  --batch_rows=16 --top_k=10 --verbosity=-1 > "$OUT/reasonscore.log"
 
 $PY - "$OUT" "$start" <<'PY'
 import json, os, sys, time
@@ -55,5 +61,9 @@ print(f"train   : {res['steps']} steps, explained variance {res['explained_varia
 ev = res["splice_eval"]
 print(f"splice  : CE clean {ev['ce_loss_clean']:.3f}, with SAE {ev['ce_loss_with_sae']:.3f}, zero-ablation "
       f"{ev['ce_loss_zero_ablation']:.3f} -> CE-loss recovered {ev['ce_loss_recovered']:.3f}; KL {ev['kl_with_sae']:.3f}")
+rs = json.loads(open(os.path.join(out, "reasonscore.log")).read().strip().splitlines()[-1])
+print(f"score   : ReasonScore of {rs['features']} features over {rs['tokens']} tokens ({rs['seconds']} s); top 10:")
+for t in rs["top"]:
+  print(f"          feature {t['feature']:5d}  score {t['score']:.5f}  top words {', '.join(t['top_words'])}")
 print(f"total   : {time.time() - start:.0f} s")
 PY
