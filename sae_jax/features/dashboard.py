@@ -1,0 +1,738 @@
+"""Feature dashboards (REFERENCE.md section 7): what each top ReasonScore feature fires on, as static HTML.
+
+The reference ran SAEDashboard on the first 10,000 (unshuffled) rows of the extraction set. Per selected
+feature, on the W_dec-norm-folded activations (the units steering's max activation is in), we collect in one
+pass over the rows:
+
+* the top group: the `n_top` (20) highest activations, ties to the earlier (row, position);
+* quantile groups: (0, max] cut into `n_quantiles` (10) equal intervals, `quantile_group_size` (5) examples
+  drawn from each;
+* `context` (5, 5) tokens either side of every example, each with the feature's activation and the
+  reasoning word it belongs to (if any);
+* a 50-bin histogram of the positive activations, density (fraction of tokens > 0), max activation;
+* logit lens: unit(W_dec_i) @ W_U, top / bottom 10 tokens, without the final norm (the reference) and with
+  the final norm's weight folded in;
+* the feature's ReasonScore and per-word means, when scores are given.
+
+Streaming, in memory that does not grow with the corpus (nothing per token is kept):
+
+* Histograms count on a fine linear grid of `grid_bins` bins (k w, (k+1) w], w = 2^e / grid_bins, where
+  e = ceil(log2(running max)). When the max passes 2^e the grid doubles and adjacent bins merge (the grids
+  nest), so counts are exact and the final grid depends only on the final max, never on batching. The
+  `n_bins` shown have their edges on that grid, at the grid point nearest k * max / n_bins (widths equal to
+  within 2 n_bins / grid_bins); the edges are part of the output.
+* Quantile examples: every token has a pseudo-random key `sample_keys(seed, feature, row, position)`. Per
+  feature and cell of a coarser grid (`sample_cells` cells over (0, 2^e], nesting like the bins) the
+  `quantile_group_size` smallest keys are kept. Interval edges are cell edges (nearest k * max / n_quantiles),
+  so an interval's examples, the smallest keys of the cells inside it, are exactly the smallest keys among
+  all its tokens: a uniform sample without replacement, deterministic and independent of batching.
+* Contexts are cut from the batch when an example is kept, so no row is read twice.
+
+Contexts stay inside a row (rows are the model's sequences); examples may sit at a row's edge, where the
+context is shorter. Token ids in `ignore_ids` (none by default, as SAEDashboard) count as not firing and are
+left out of the density's denominator.
+"""
+
+import dataclasses
+import html
+import json
+import math
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sae_jax.errors import UserError
+from sae_jax.features.masks import reason_masks
+from sae_jax.features.vocab import Vocabulary
+from sae_jax.sae import encode, fold_W_dec_norm
+from sae_jax.sae.config import SAEConfig
+
+_NO_EXP = -(2**40)  # exponent of a feature that has not fired yet
+_KEY_MAX = np.iinfo(np.uint64).max
+_LATENT_PARAMS = ("b_enc", "threshold", "log_threshold")  # [d_sae] tensors sliced with the features
+
+
+@dataclasses.dataclass(frozen=True)
+class DashboardConfig:
+  """What a dashboard shows; defaults are SAEDashboard's (REFERENCE.md section 7)."""
+
+  n_top: int = 20  # top-activating group
+  n_quantiles: int = 10  # equal intervals of (0, max]
+  quantile_group_size: int = 5  # examples per interval
+  context: tuple[int, int] = (5, 5)  # tokens left and right of an example
+  n_bins: int = 50  # activation histogram
+  n_logits: int = 10  # logit-lens rows, top and bottom
+  grid_bins: int = 4096  # fine histogram grid over (0, 2^e]
+  sample_cells: int = 512  # sampling cells over (0, 2^e]
+  seed: int = 0  # of the example keys
+
+  def __post_init__(self):
+    object.__setattr__(self, "context", tuple(int(c) for c in self.context))
+    for name in ("n_top", "n_quantiles", "quantile_group_size", "n_bins", "n_logits"):
+      if int(getattr(self, name)) <= 0:
+        raise UserError(f"dashboard {name} must be positive, got {getattr(self, name)}")
+    if len(self.context) != 2 or min(self.context) < 0:
+      raise UserError(f"dashboard context must be (left, right) >= 0, got {self.context}")
+    for name, least in (("grid_bins", 4 * self.n_bins), ("sample_cells", 4 * self.n_quantiles)):
+      n = getattr(self, name)
+      if n < least or n & (n - 1):
+        raise UserError(f"dashboard {name} must be a power of two >= {least}, got {n}")
+    if self.sample_cells > self.grid_bins:
+      raise UserError(f"dashboard sample_cells {self.sample_cells} > grid_bins {self.grid_bins}")
+
+
+# ---- deterministic example keys ----
+
+
+def _mix(x):
+  """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+  with np.errstate(over="ignore"):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_keys(seed: int, features, rows, positions) -> np.ndarray:
+  """uint64 key of each (feature id, row, position): the quantile samples keep the smallest keys."""
+  f, r, p = (np.atleast_1d(np.asarray(a)).astype(np.uint64) for a in (features, rows, positions))
+  x = _mix(np.full(np.broadcast(f, r, p).shape, seed, np.uint64) ^ np.uint64(0x9E3779B97F4A7C15))
+  return _mix(_mix(_mix(x ^ f) ^ r) ^ p)
+
+
+# ---- grid arithmetic (exact: scaling by powers of two) ----
+
+
+def _ceil_log2(v: np.ndarray) -> np.ndarray:
+  """Smallest e with v <= 2^e, for v > 0."""
+  mant, ex = np.frexp(np.asarray(v, np.float64))
+  return (ex - (mant == 0.5)).astype(np.int64)
+
+
+def _grid_index(values, exps, n: int) -> np.ndarray:
+  """Bin k of (k w, (k+1) w], w = 2^exp / n, for values in (0, 2^exp]."""
+  scaled = np.ldexp(np.asarray(values, np.float64), int(math.log2(n)) - np.asarray(exps, np.int64))
+  return np.clip(np.ceil(scaled).astype(np.int64) - 1, 0, n - 1)
+
+
+def _snapped_edges(max_value: float, exp: int, n_grid: int, n_out: int) -> np.ndarray:
+  """n_out + 1 edges on the grid (multiples of 2^exp / n_grid), nearest k * max / n_out; the last covers max."""
+  units = max_value * n_grid / 2.0**exp  # max in grid units
+  k = np.rint(np.arange(n_out + 1) * units / n_out)
+  k[0], k[-1] = 0, math.ceil(units)
+  return np.ldexp(k, exp - int(math.log2(n_grid)))
+
+
+# ---- example tables: parallel arrays, one entry per kept example ----
+
+_TABLE_COLS = ("slot", "value", "row", "pos", "key", "ctx_tok", "ctx_act", "ctx_word")
+
+
+def _empty_table(width: int) -> dict:
+  return {"slot": np.zeros(0, np.int64), "value": np.zeros(0, np.float32), "row": np.zeros(0, np.int64),
+          "pos": np.zeros(0, np.int64), "key": np.zeros(0, np.uint64),
+          "ctx_tok": np.zeros((0, width), np.int64), "ctx_act": np.zeros((0, width), np.float32),
+          "ctx_word": np.zeros((0, width), np.int8)}
+
+
+def _concat(a: dict, b: dict) -> dict:
+  return {c: np.concatenate([a[c], b[c]]) for c in _TABLE_COLS}
+
+
+def _take(t: dict, idx) -> dict:
+  return {c: t[c][idx] for c in _TABLE_COLS}
+
+
+def _rank_in_group(group_sorted: np.ndarray) -> np.ndarray:
+  """0, 1, 2 ... within each run of equal values of a sorted array."""
+  n = len(group_sorted)
+  if n == 0:
+    return np.zeros(0, np.int64)
+  starts = np.r_[True, group_sorted[1:] != group_sorted[:-1]]
+  idx = np.arange(n)
+  return idx - np.maximum.accumulate(np.where(starts, idx, 0))
+
+
+class DashboardAccumulator:
+  """One pass over token rows for a set of features: `update(tokens, acts, row_offset)`, then `finalize()`.
+
+  `params` is the SAE as trained or loaded ({W_enc [d_in, d_sae], b_enc, W_dec, b_dec, ...}), folded here
+  with `fold_W_dec_norm` (pass `fold=False` if it is folded already); `sae_cfg` is what `sae_jax.sae.encode`
+  takes. Only the selected features are encoded (W_enc / b_enc columns sliced), except for a TopK SAE, whose
+  selection needs every latent. `vocab` marks reasoning words in the contexts.
+  """
+
+  def __init__(self, params, features, *, sae_cfg: SAEConfig | bool = False, vocab: Vocabulary | None = None,
+               config: DashboardConfig = DashboardConfig(), ignore_ids=(), fold: bool = True,
+               matmul_precision: str = "highest"):
+    if "W_enc" not in params or np.ndim(params["W_enc"]) != 2:
+      raise UserError("SAE params need W_enc [d_in, d_sae]")
+    self.d_in, d_sae = (int(n) for n in np.shape(params["W_enc"]))
+    self.features = check_features(features, d_sae)
+    self.config, self.vocab = config, vocab
+    self.ignore_ids = np.asarray(sorted({int(i) for i in ignore_ids}), np.int64)
+    self.matmul_precision = matmul_precision
+    self._encode = _feature_encoder(params, self.features, sae_cfg, fold)
+    n = len(self.features)
+    self.n_tokens = 0
+    self.n_active = np.zeros(n, np.int64)
+    self.act_sum = np.zeros(n, np.float64)
+    self.max = np.zeros(n, np.float64)
+    self.exp = np.full(n, _NO_EXP, np.int64)
+    self.counts = np.zeros((n, config.grid_bins), np.int64)
+    width = sum(config.context) + 1
+    self._top = _empty_table(width)
+    self._samples = _empty_table(width)
+    self._grew = False
+
+  # -- per batch --
+
+  def update(self, tokens, acts, row_offset: int, n_rows: int | None = None) -> None:
+    """tokens [B, T] ids, acts [B, T, d_in] raw site activations of rows row_offset.. (first `n_rows` real)."""
+    shape = tuple(np.shape(tokens))
+    acts_shape = tuple(np.shape(acts))
+    if len(shape) != 2 or len(acts_shape) != 3 or acts_shape[:2] != shape:
+      raise UserError(f"activations {acts_shape} do not match tokens {shape}: expected [B, T, d_in]")
+    if acts_shape[2] != self.d_in:
+      raise UserError(f"SAE d_in {self.d_in} != activation width {acts_shape[2]}")
+    self.update_features(np.asarray(jax.device_get(tokens)), self.encode(acts), row_offset, n_rows)
+
+  def encode(self, acts):
+    """Folded activations [B, T, n_features] of raw site activations, on device (dispatched, not awaited)."""
+    with jax.default_matmul_precision(self.matmul_precision):
+      return self._encode(acts)
+
+  def update_features(self, tokens, feats, row_offset: int, n_rows: int | None = None) -> None:
+    """The host side of `update`: feats [B, T, n_features] are the folded activations of the features."""
+    tokens = np.asarray(tokens, np.int64)
+    feats = np.asarray(jax.device_get(feats), np.float32)
+    if feats.ndim != 3 or feats.shape[:2] != tokens.shape or feats.shape[2] != len(self.features):
+      raise UserError(f"feature activations {feats.shape} do not match tokens {tokens.shape} and "
+                      f"{len(self.features)} features")
+    if n_rows is not None:
+      tokens, feats = tokens[:n_rows], feats[:n_rows]
+    valid = ~np.isin(tokens, self.ignore_ids)
+    feats = np.where(valid[..., None] & (feats > 0), feats, np.float32(0))
+    self.n_tokens += int(valid.sum())
+    b, p, s = np.nonzero(feats)
+    if len(b) == 0:
+      return
+    v = feats[b, p, s]
+    self.n_active += np.bincount(s, minlength=len(self.features))
+    self.act_sum += np.bincount(s, weights=v.astype(np.float64), minlength=len(self.features))
+    batch_max = feats.max(axis=(0, 1)).astype(np.float64)
+    self.max = np.maximum(self.max, batch_max)
+    self._grow_grids(np.where(batch_max > 0, _ceil_log2(np.where(batch_max > 0, batch_max, 1.0)), _NO_EXP))
+    cfg = self.config
+    idx = _grid_index(v, self.exp[s], cfg.grid_bins)
+    self.counts += np.bincount(s * cfg.grid_bins + idx, minlength=self.counts.size).reshape(self.counts.shape)
+    batch = _BatchView(tokens, feats, self._word_index(tokens), cfg.context, row_offset)
+    self._update_top(batch, b, p, s, v, feats)
+    self._update_samples(batch, b, p, s, v)
+
+  def _grow_grids(self, new_exp: np.ndarray) -> None:
+    """Raise each feature's grid to 2^new_exp where that is larger, merging 2^d adjacent bins."""
+    grid = self.config.grid_bins
+    self._grew = bool((new_exp > self.exp).any())
+    for j in np.flatnonzero(new_exp > self.exp):
+      if self.exp[j] != _NO_EXP:
+        d = min(int(new_exp[j] - self.exp[j]), int(math.log2(grid)))
+        merged = self.counts[j].reshape(grid >> d, 1 << d).sum(axis=1)
+        self.counts[j] = 0
+        self.counts[j, :len(merged)] = merged
+      self.exp[j] = new_exp[j]
+
+  def _word_index(self, tokens) -> np.ndarray:
+    """[B, T] int8: the reasoning word (group) a token is part of, -1 for none."""
+    if self.vocab is None:
+      return np.full(tokens.shape, -1, np.int8)
+    groups = reason_masks(tokens, self.vocab, window=(0, 0), mode="intended", ignore_ids=()).groups
+    return np.where(groups.any(axis=0), groups.argmax(axis=0), -1).astype(np.int8)
+
+  def _update_top(self, batch, b, p, s, v, feats) -> None:
+    """Keep the n_top largest (value desc, row, position) per feature."""
+    k = self.config.n_top
+    flat = feats.reshape(-1, feats.shape[2])
+    kth = np.partition(flat, -k, axis=0)[-k] if flat.shape[0] >= k else np.zeros(flat.shape[1], np.float32)
+    keep = v >= kth[s]  # the batch's candidates, ties included
+    new = batch.table(b[keep], p[keep], s[keep], v[keep], np.zeros(int(keep.sum()), np.uint64))
+    t = _concat(self._top, new)
+    order = np.lexsort((t["pos"], t["row"], -t["value"], t["slot"]))
+    t = _take(t, order)
+    self._top = _take(t, _rank_in_group(t["slot"]) < k)
+
+  def _update_samples(self, batch, b, p, s, v) -> None:
+    """Keep the quantile_group_size smallest keys per feature and sampling cell."""
+    cfg = self.config
+    group_size, cells = cfg.quantile_group_size, cfg.sample_cells
+    stored = self._trim_samples(self._samples) if self._grew else self._samples  # cells merged: re-trim
+    cell = _grid_index(stored["value"], self.exp[stored["slot"]], cells)
+    threshold = np.full((len(self.features), cells), _KEY_MAX, np.uint64)
+    full = _rank_in_group(stored["slot"] * cells + cell) == group_size - 1  # sorted by (slot, cell, key)
+    threshold[stored["slot"][full], cell[full]] = stored["key"][full]
+    keys = sample_keys(cfg.seed, self.features[s], batch.row_offset + b, p)
+    keep = keys < threshold[s, _grid_index(v, self.exp[s], cells)]
+    if not keep.any():
+      self._samples = stored
+      return
+    new = batch.table(b[keep], p[keep], s[keep], v[keep], keys[keep])
+    self._samples = self._trim_samples(_concat(stored, new))
+
+  def _trim_samples(self, t: dict) -> dict:
+    cells = self.config.sample_cells
+    group = t["slot"] * cells + _grid_index(t["value"], self.exp[t["slot"]], cells)
+    t = _take(t, np.lexsort((t["key"], group)))
+    return _take(t, _rank_in_group(np.sort(group)) < self.config.quantile_group_size)
+
+  # -- results --
+
+  def finalize(self) -> list[dict]:
+    """Per feature, in the order given: counts, max, histogram, top and quantile groups (token ids only)."""
+    return [self._feature_stats(j) for j in range(len(self.features))]
+
+  def _feature_stats(self, j: int) -> dict:
+    cfg = self.config
+    out = {"feature": int(self.features[j]), "n_tokens": int(self.n_tokens), "n_active": int(self.n_active[j]),
+           "density": float(self.n_active[j] / self.n_tokens) if self.n_tokens else 0.0,
+           "max_activation": float(self.max[j]),
+           "mean_active": float(self.act_sum[j] / self.n_active[j]) if self.n_active[j] else 0.0,
+           "histogram": {"edges": [], "counts": []}, "top": [], "quantiles": []}
+    if self.n_active[j] == 0:
+      return out
+    exp = int(self.exp[j])
+    edges = _snapped_edges(self.max[j], exp, cfg.grid_bins, cfg.n_bins)
+    out["histogram"] = {"edges": edges.tolist(), "counts": self._interval_counts(j, edges).tolist()}
+    top = _take(self._top, self._top["slot"] == j)
+    out["top"] = [self._example(top, i) for i in range(len(top["slot"]))]
+    q_edges = _snapped_edges(self.max[j], exp, cfg.sample_cells, cfg.n_quantiles)
+    q_counts = self._interval_counts(j, q_edges)
+    samples = _take(self._samples, self._samples["slot"] == j)
+    interval = np.searchsorted(q_edges, samples["value"].astype(np.float64), side="left") - 1
+    for i in range(cfg.n_quantiles):
+      mine = _take(samples, np.flatnonzero(interval == i))
+      mine = _take(mine, np.lexsort((mine["key"],))[:cfg.quantile_group_size])
+      mine = _take(mine, np.lexsort((mine["pos"], mine["row"], -mine["value"])))
+      out["quantiles"].append({"lo": float(q_edges[i]), "hi": float(q_edges[i + 1]), "count": int(q_counts[i]),
+                               "examples": [self._example(mine, e) for e in range(len(mine["slot"]))]})
+    return out
+
+  def _interval_counts(self, j: int, edges: np.ndarray) -> np.ndarray:
+    """Tokens in each (edges[i], edges[i+1]] (edges on the fine grid, so the sums are exact)."""
+    fine = np.rint(np.ldexp(edges, int(math.log2(self.config.grid_bins)) - int(self.exp[j]))).astype(np.int64)
+    cum = np.r_[0, np.cumsum(self.counts[j])]
+    return cum[np.minimum(fine[1:], self.config.grid_bins)] - cum[np.minimum(fine[:-1], self.config.grid_bins)]
+
+  def _example(self, t: dict, i: int) -> dict:
+    real = t["ctx_tok"][i] >= 0
+    left = self.config.context[0]
+    return {"row": int(t["row"][i]), "pos": int(t["pos"][i]), "value": float(t["value"][i]),
+            "center": int(real[:left].sum()), "tokens": t["ctx_tok"][i][real].tolist(),
+            "acts": [float(a) for a in t["ctx_act"][i][real]], "words": t["ctx_word"][i][real].tolist()}
+
+
+class _BatchView:
+  """A batch's tokens and activations, padded so that any context window can be cut with one gather."""
+
+  def __init__(self, tokens, feats, words, context, row_offset):
+    left, right = context
+    pad = ((0, 0), (left, right))
+    self.tokens = np.pad(tokens, pad, constant_values=-1)
+    self.feats = np.pad(feats, pad + ((0, 0),))
+    self.words = np.pad(words, pad, constant_values=-1)
+    self.offsets = np.arange(left + right + 1)
+    self.row_offset = int(row_offset)
+
+  def table(self, b, p, s, v, keys) -> dict:
+    cols = p[:, None] + self.offsets  # padded coordinates of positions p - left .. p + right
+    rows = b[:, None]
+    return {"slot": s.astype(np.int64), "value": v.astype(np.float32), "row": self.row_offset + b.astype(np.int64),
+            "pos": p.astype(np.int64), "key": keys.astype(np.uint64), "ctx_tok": self.tokens[rows, cols],
+            "ctx_act": self.feats[rows, cols, s[:, None]], "ctx_word": self.words[rows, cols]}
+
+
+def check_features(features, d_sae: int) -> np.ndarray:
+  ids = np.asarray([int(f) for f in features], np.int64)
+  if ids.size == 0:
+    raise UserError("no features to show: give feature ids or ReasonScore results")
+  bad = ids[(ids < 0) | (ids >= d_sae)]
+  if bad.size:
+    raise UserError(f"feature {int(bad[0])} is out of range: the SAE has {d_sae} features")
+  if len(set(ids.tolist())) != ids.size:
+    raise UserError(f"feature ids repeat: {ids.tolist()}")
+  return ids
+
+
+def _feature_encoder(params, features: np.ndarray, sae_cfg, fold: bool):
+  """jitted acts [..., d_in] -> folded activations [..., n_features] of the selected features (float32)."""
+  f32 = {k: np.asarray(v, np.float32) for k, v in params.items()}
+  if isinstance(sae_cfg, SAEConfig) and sae_cfg.architecture == "topk":
+    full = fold_W_dec_norm(f32) if fold else f32  # the top-k needs every latent
+    full = {k: jnp.asarray(v) for k, v in full.items() if k != "W_dec"}
+    run = jax.jit(lambda p, x: encode(p, x.astype(jnp.float32), sae_cfg)[..., features])
+    return lambda x: run(full, x)
+  sliced = {k: v[features] if k in _LATENT_PARAMS else v for k, v in f32.items()}
+  sliced["W_enc"], sliced["W_dec"] = f32["W_enc"][:, features], f32["W_dec"][features]
+  if fold:
+    sliced = fold_W_dec_norm(sliced)
+  sliced = {k: jnp.asarray(v) for k, v in sliced.items() if k != "W_dec"}
+  run = jax.jit(lambda p, x: encode(p, x.astype(jnp.float32), sae_cfg))
+  return lambda x: run(sliced, x)
+
+
+def collect_feature_stats(site_fn, rows, params, features, *, batch_rows: int, progress=None, mesh=None,
+                          **accumulator_kwargs) -> list[dict]:
+  """Stats of `features` over token `rows` [n, T], `site_fn(tokens [B, T]) -> acts [B, T, d_in]`.
+
+  The last batch is padded to `batch_rows` (its padding ignored), so the site function compiles once.
+  `site_fn` is `sae_jax.activations.collect.make_site_fn(model, layer, site, mesh)`; with a `mesh`, token
+  batches are placed on its data axes. `progress(rows_done, n_rows)` is called after each batch.
+  """
+  if len(rows) == 0:
+    raise UserError("the dashboard corpus is empty: no token rows")
+  if batch_rows <= 0:
+    raise UserError(f"batch_rows must be positive, got {batch_rows}")
+  acc = DashboardAccumulator(params, features, **accumulator_kwargs)
+  pending = None  # the host work of batch i overlaps the device work of batch i + 1
+  for start in range(0, len(rows) + batch_rows, batch_rows):
+    if start < len(rows):
+      tokens = np.asarray(rows[start:start + batch_rows])
+      n = tokens.shape[0]
+      if n < batch_rows:
+        tokens = np.concatenate([tokens, np.repeat(tokens[-1:], batch_rows - n, axis=0)])
+      placed = tokens
+      if mesh is not None:
+        from sae_jax.models import sharding as shd
+        placed = jax.device_put(tokens, shd.batch_sharding(mesh, 2))
+      acts = site_fn(placed)
+      if acts.shape[-1] != acc.d_in:
+        raise UserError(f"SAE d_in {acc.d_in} != activation width {acts.shape[-1]}")
+      feats = acc.encode(acts)
+    if pending is not None:
+      acc.update_features(pending[0], pending[1], row_offset=pending[2], n_rows=pending[3])
+      if progress is not None:
+        progress(pending[2] + pending[3], len(rows))
+    pending = (tokens, feats, start, n) if start < len(rows) else None
+  return acc.finalize()
+
+
+# ---- logit lens ----
+
+
+def unembedding(model) -> tuple[jax.Array, jax.Array]:
+  """(W_U [d, vocab], final norm weight [d]) of a `sae_jax` Transformer; tied models use the embedding."""
+  if getattr(model.cfg, "tie_word_embeddings", False) or not hasattr(model, "lm_head"):
+    w_u = model.embed_tokens.embedding[...].T
+  else:
+    w_u = model.lm_head.kernel[...]
+  return w_u, model.norm.weight[...]
+
+
+def logit_lens(w_dec_rows, w_u, norm_weight=None, k: int = 10, n_bins: int = 50) -> dict:
+  """unit(W_dec_i) @ W_U (times the final norm's weight first, if given), float32.
+
+  Returns numpy arrays: top_ids / top_values [F, k] (largest first), bottom_ids / bottom_values [F, k]
+  (smallest first), and a histogram of every token's logit (hist_edges [F, n_bins + 1], hist_counts).
+  """
+  w = jnp.asarray(w_dec_rows, jnp.float32)
+  if w.ndim != 2 or w.shape[1] != w_u.shape[0]:
+    raise UserError(f"decoder rows {tuple(w.shape)} do not match W_U {tuple(w_u.shape)}: expected [F, d_model]")
+  k = min(k, int(w_u.shape[1]))
+  g = None if norm_weight is None else jnp.asarray(norm_weight)
+
+  @jax.jit
+  def run(w, w_u, g):
+    u = w / jnp.linalg.norm(w, axis=1, keepdims=True)
+    if g is not None:
+      u = u * g.astype(jnp.float32)
+    logits = jnp.matmul(u, w_u.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    top_v, top_i = jax.lax.top_k(logits, k)
+    bot_v, bot_i = jax.lax.top_k(-logits, k)
+    lo, hi = logits.min(axis=1), logits.max(axis=1)
+    scaled = (logits - lo[:, None]) / jnp.maximum(hi - lo, 1e-30)[:, None] * n_bins
+    idx = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, n_bins - 1)
+    counts = jax.vmap(lambda i: jnp.bincount(i, length=n_bins))(idx)
+    edges = lo[:, None] + (hi - lo)[:, None] * jnp.linspace(0.0, 1.0, n_bins + 1)[None]
+    return top_i, top_v, bot_i, -bot_v, edges, counts
+
+  out = jax.device_get(run(w, w_u, g))
+  names = ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_edges", "hist_counts")
+  return {n: np.asarray(a) for n, a in zip(names, out)}
+
+
+# ---- assembling the dashboard data ----
+
+
+class TokenText:
+  """Token id -> display string, decoded once per id (byte-level pieces may show as U+FFFD)."""
+
+  def __init__(self, tokenizer):
+    self.tokenizer, self.cache = tokenizer, {}
+
+  def __call__(self, i: int) -> str:
+    i = int(i)
+    if i not in self.cache:
+      try:
+        self.cache[i] = self.tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+      except Exception:  # noqa: BLE001 (an id the tokenizer lacks still gets shown)
+        self.cache[i] = f"<{i}>"
+    return self.cache[i]
+
+
+def _lens_rows(ids, values, text) -> list[dict]:
+  return [{"token": int(i), "text": text(i), "value": float(v)} for i, v in zip(ids, values)]
+
+
+def build_dashboards(stats: list[dict], tokenizer, *, w_dec_rows=None, unembed=None, scores=None,
+                     group_names=(), config: DashboardConfig = DashboardConfig(), meta: dict | None = None) -> dict:
+  """features.json contents: stats from `collect_feature_stats` + token strings + logit lens + ReasonScore.
+
+  `unembed` = (W_U, final norm weight) from `unembedding(model)`, with `w_dec_rows` [F, d] the decoder rows
+  of the features (any scale). `scores` is a `ReasonScores` (optional).
+  """
+  text = TokenText(tokenizer)
+  if scores is not None:
+    group_names = scores.group_names
+  lens = {}
+  if unembed is not None and w_dec_rows is not None:
+    lens["raw"] = logit_lens(w_dec_rows, unembed[0], None, config.n_logits, config.n_bins)
+    lens["final_norm"] = logit_lens(w_dec_rows, unembed[0], unembed[1], config.n_logits, config.n_bins)
+  features = []
+  for rank, st in enumerate(stats):
+    f = dict(st, rank=rank + 1)
+    for ex in f["top"] + [e for q in f["quantiles"] for e in q["examples"]]:
+      ex["text"] = [text(t) for t in ex["tokens"]]
+    f["logit_lens"] = {name: {"top": _lens_rows(r["top_ids"][rank], r["top_values"][rank], text),
+                              "bottom": _lens_rows(r["bottom_ids"][rank], r["bottom_values"][rank], text),
+                              "histogram": {"edges": r["hist_edges"][rank].tolist(),
+                                            "counts": r["hist_counts"][rank].tolist()}}
+                       for name, r in lens.items()}
+    if scores is not None:
+      j = f["feature"]
+      f["reasonscore"] = {"score": float(scores.scores[j]), "mu_pos": float(scores.mu_pos[j]),
+                          "mu_neg": float(scores.mu_neg[j]), "entropy_norm": float(scores.entropy_norm[j]),
+                          "words": {g: float(scores.group_means[r, j]) for r, g in enumerate(group_names)}}
+    features.append(f)
+  return {"meta": {**(meta or {}), "config": dataclasses.asdict(config), "group_names": list(group_names),
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+          "features": features}
+
+
+# ---- HTML ----
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em auto;max-width:1150px;
+  color:#1d1d1f;padding:0 1em}
+h1{font-size:1.5em;margin:.2em 0} h2{font-size:1.15em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}
+h3{font-size:1em;margin:1em 0 .3em;color:#333}
+table{border-collapse:collapse;font-size:14px} th,td{padding:3px 10px;text-align:left;border-bottom:1px solid #eee}
+th{background:#f5f5f7} td.n{text-align:right;font-variant-numeric:tabular-nums}
+a{color:#0b63c5;text-decoration:none} a:hover{text-decoration:underline}
+.stats{display:flex;flex-wrap:wrap;gap:1.5em;margin:.5em 0}
+.stat{background:#f5f5f7;border-radius:6px;padding:.4em .8em}.stat b{display:block;font-size:1.2em}
+.panels{display:flex;flex-wrap:wrap;gap:2em}.panel{flex:1 1 420px}
+.ctx{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px;white-space:pre;
+  line-height:2;overflow-x:auto;margin:0}
+.ctx .v{display:inline-block;width:6.5em;text-align:right;color:#666;margin-right:1em}
+.ctx .loc{color:#aaa;font-size:11px;margin-left:1em}
+.t{border-radius:2px}.t.c{outline:1.5px solid #222}
+.t.w{text-decoration:underline;text-decoration-color:#0b63c5;text-decoration-thickness:2px;text-underline-offset:3px}
+.bar{background:#ff8a3d;height:.9em;display:inline-block;vertical-align:middle}
+.lens td.tok{font-family:ui-monospace,monospace;white-space:pre}
+.pos{color:#0a7d32}.neg{color:#b3261e}.muted{color:#777;font-size:13px}
+.nav{font-size:14px;margin-bottom:.5em}
+"""
+
+_SHADE = (255, 110, 0)
+
+
+def _esc(s) -> str:
+  return html.escape(str(s), quote=True)
+
+
+def _show_token(s: str) -> str:
+  """Visible whitespace: a newline shows as ↵ (and still breaks nothing), a tab as ⇥."""
+  return s.replace("\r", "␍").replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+def _num(x: float) -> str:
+  return f"{x:.4g}"
+
+
+def _page(title: str, body: str) -> str:
+  return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+          f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+          f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _context_html(ex: dict, max_act: float, group_names) -> str:
+  spans = []
+  for i, (tok, a, w) in enumerate(zip(ex["text"], ex["acts"], ex["words"])):
+    alpha = min(1.0, max(0.0, a / max_act)) if max_act > 0 else 0.0
+    cls = "t" + (" c" if i == ex["center"] else "") + (" w" if w >= 0 else "")
+    tip = f"{tok!r}  act {a:.4g}" + (f"  word: {group_names[w]}" if 0 <= w < len(group_names) else "")
+    spans.append(f'<span class="{cls}" style="background:rgba({_SHADE[0]},{_SHADE[1]},{_SHADE[2]},{alpha:.3f})"'
+                 f' title="{_esc(tip)}">{_esc(_show_token(tok))}</span>')
+  return (f'<div class="ctx"><span class="v">{_esc(_num(ex["value"]))}</span>{"".join(spans)}'
+          f'<span class="loc">row {ex["row"]} · pos {ex["pos"]}</span></div>')
+
+
+def _histogram_svg(edges, counts, label: str, color: str = "#ff8a3d", width: int = 480, height: int = 130) -> str:
+  if not counts:
+    return '<p class="muted">no activations</p>'
+  top = max(max(counts), 1)
+  n = len(counts)
+  plot_h, bw = height - 22, width / n
+  bars = []
+  for i, c in enumerate(counts):
+    h = plot_h * c / top
+    bars.append(f'<rect x="{i * bw:.2f}" y="{plot_h - h:.2f}" width="{max(bw - 1, 0.5):.2f}" height="{h:.2f}" '
+                f'fill="{color}"><title>({_num(edges[i])}, {_num(edges[i + 1])}]: {c}</title></rect>')
+  axis = (f'<text x="0" y="{height - 6}" font-size="11">{_esc(_num(edges[0]))}</text>'
+          f'<text x="{width}" y="{height - 6}" font-size="11" text-anchor="end">{_esc(_num(edges[-1]))}</text>'
+          f'<text x="{width / 2}" y="{height - 6}" font-size="11" text-anchor="middle">{_esc(label)}</text>')
+  return (f'<svg width="{width}" height="{height}" '
+          f'viewBox="0 0 {width} {height}" role="img"><title>{_esc(label)}</title>'
+          f'<line x1="0" y1="{plot_h}" x2="{width}" y2="{plot_h}" stroke="#999"/>{"".join(bars)}{axis}</svg>')
+
+
+def _lens_table(rows: list[dict], cls: str, title: str) -> str:
+  body = "".join(f'<tr><td class="tok">{_esc(repr(r["text"]))}</td><td class="n {cls}">{_num(r["value"])}</td></tr>'
+                 for r in rows)
+  return f"<table class=\"lens\"><tr><th>{_esc(title)}</th><th>logit</th></tr>{body}</table>"
+
+
+def _words_table(rs: dict) -> str:
+  words = rs["words"]
+  top = max(list(words.values()) + [1e-30])
+  rows = "".join(f'<tr><td>{_esc(w)}</td><td class="n">{_num(m)}</td><td><span class="bar" '
+                 f'style="width:{160 * max(m, 0) / top:.1f}px"></span></td></tr>' for w, m in words.items())
+  return (f'<table><tr><th>word</th><th>mean act in window</th><th></th></tr>{rows}</table>'
+          f'<p class="muted">μ⁺ {_num(rs["mu_pos"])} · μ⁻ {_num(rs["mu_neg"])} · normalised entropy '
+          f'{_num(rs["entropy_norm"])}</p>')
+
+
+def feature_filename(feature: int) -> str:
+  return f"feature_{int(feature)}.html"
+
+
+def top_words(f: dict, n: int = 3) -> list[str]:
+  words = f.get("reasonscore", {}).get("words", {})
+  return [w for w in sorted(words, key=lambda w: -words[w]) if words[w] > 0][:n]
+
+
+def render_feature(f: dict, data: dict, prev_feature=None, next_feature=None) -> str:
+  """One self-contained page: stats, ReasonScore words, histogram, logit lens, top and quantile contexts."""
+  meta, groups = data["meta"], data["meta"].get("group_names", [])
+  mx = f["max_activation"]
+  nav = ['<a href="index.html">index</a>']
+  if prev_feature is not None:
+    nav.append(f'<a href="{feature_filename(prev_feature)}">← feature {prev_feature}</a>')
+  if next_feature is not None:
+    nav.append(f'<a href="{feature_filename(next_feature)}">feature {next_feature} →</a>')
+  parts = [f'<div class="nav">{" · ".join(nav)}</div>', f"<h1>Feature {f['feature']}</h1>"]
+  if f.get("label"):
+    parts.append(f'<p><b>Label:</b> {_esc(f["label"])} <span class="muted">{_esc(f.get("label_explanation", ""))}'
+                 "</span></p>")
+  where = " · ".join(_esc(f"{k}: {meta[k]}") for k in ("model", "sae", "hook") if meta.get(k))
+  if where:
+    parts.append(f'<p class="muted">{where}</p>')
+  stats = [("rank", str(f["rank"])), ("max activation", _num(mx)), ("density", f"{100 * f['density']:.4g}%"),
+           ("active tokens", f"{f['n_active']:,} / {f['n_tokens']:,}"), ("mean when active", _num(f["mean_active"]))]
+  if "reasonscore" in f:
+    stats.insert(1, ("ReasonScore", _num(f["reasonscore"]["score"])))
+  parts.append('<div class="stats">' + "".join(f'<div class="stat">{_esc(k)}<b>{_esc(v)}</b></div>'
+                                               for k, v in stats) + "</div>")
+  density = f"density {100 * f['density']:.3g}%"
+  panels = [f'<div class="panel"><h2>Activations</h2>'
+            f'{_histogram_svg(f["histogram"]["edges"], f["histogram"]["counts"], density)}'
+            f'<p class="muted">{len(f["histogram"]["counts"])} bins over (0, max], positive activations only.'
+            "</p></div>"]
+  if "reasonscore" in f:
+    panels.append(f'<div class="panel"><h2>ReasonScore by word</h2>{_words_table(f["reasonscore"])}</div>')
+  parts.append('<div class="panels">' + "".join(panels) + "</div>")
+  lens = f.get("logit_lens", {})
+  titles = {"raw": "Logit lens: unit(W_dec) @ W_U (no final norm, as the reference)",
+            "final_norm": "Logit lens with the final norm's weight: (unit(W_dec) * g) @ W_U"}
+  for name, title in titles.items():
+    if name in lens:
+      r = lens[name]
+      parts.append(f'<h2>{_esc(title)}</h2><div class="panels"><div class="panel">'
+                   f'{_lens_table(r["top"], "pos", "top tokens")}</div><div class="panel">'
+                   f'{_lens_table(r["bottom"], "neg", "bottom tokens")}</div><div class="panel">'
+                   f'{_histogram_svg(r["histogram"]["edges"], r["histogram"]["counts"], "logits", "#7aa6d8")}'
+                   f"</div></div>")
+  parts.append(f'<h2>Top activations</h2><p class="muted">The {len(f["top"])} highest; the outlined token is '
+               f"the example, shading is activation / max, underlined tokens are reasoning words.</p>")
+  parts.extend(_context_html(ex, mx, groups) for ex in f["top"])
+  if f["quantiles"]:
+    parts.append("<h2>Quantile groups</h2>")
+  for i, q in reversed(list(enumerate(f["quantiles"]))):
+    share = 100 * q["count"] / f["n_active"] if f["n_active"] else 0
+    parts.append(f'<h3>Interval {i + 1}: ({_num(q["lo"])}, {_num(q["hi"])}] <span class="muted">· '
+                 f'{q["count"]:,} tokens ({share:.3g}% of active)</span></h3>')
+    parts.extend(_context_html(ex, mx, groups) for ex in q["examples"])
+    if not q["examples"]:
+      parts.append('<p class="muted">no tokens in this interval</p>')
+  return _page(f"Feature {f['feature']}", "\n".join(parts))
+
+
+def render_index(data: dict) -> str:
+  """The table of features, in rank order, each linking to its page."""
+  meta = data["meta"]
+  has_score = any("reasonscore" in f for f in data["features"])
+  has_label = any(f.get("label") for f in data["features"])
+  head = ["rank", "feature"] + (["ReasonScore"] if has_score else []) + ["max act", "density"]
+  head += (["top words"] if has_score else []) + (["label"] if has_label else []) + ["top logit-lens tokens"]
+  rows = []
+  for f in data["features"]:
+    cells = [f'<td class="n">{f["rank"]}</td>',
+             f'<td><a href="{feature_filename(f["feature"])}">{f["feature"]}</a></td>']
+    if has_score:
+      cells.append(f'<td class="n">{_num(f["reasonscore"]["score"]) if "reasonscore" in f else ""}</td>')
+    cells += [f'<td class="n">{_num(f["max_activation"])}</td>', f'<td class="n">{100 * f["density"]:.3g}%</td>']
+    if has_score:
+      cells.append(f"<td>{_esc(', '.join(top_words(f)))}</td>")
+    if has_label:
+      cells.append(f"<td>{_esc(f.get('label') or '')}</td>")
+    lens = f.get("logit_lens", {}).get("raw", {}).get("top", [])[:5]
+    cells.append(f'<td class="muted">{_esc(" ".join(repr(r["text"]) for r in lens))}</td>')
+    rows.append("<tr>" + "".join(cells) + "</tr>")
+  info = " · ".join(_esc(f"{k}: {meta[k]}") for k in ("model", "sae", "hook", "n_rows", "n_tokens") if k in meta)
+  body = (f"<h1>Feature dashboards</h1><p class=\"muted\">{info}</p>"
+          f"<table><tr>{''.join(f'<th>{_esc(h)}</th>' for h in head)}</tr>{''.join(rows)}</table>")
+  return _page("Feature dashboards", body)
+
+
+_DASHBOARD_FILES = re.compile(r"^(index\.html|features\.json|run\.json|feature_\d+\.html)$")
+
+
+def write_dashboards(data: dict, out_dir: str) -> str:
+  """index.html, feature_<id>.html per feature and features.json, written into a temp dir that replaces out_dir.
+
+  An existing out_dir must be an earlier dashboard (only its files): a stray path is never wiped.
+  """
+  from sae_jax.sae.saelens_format import write_dir_atomically
+  if os.path.exists(out_dir):
+    if not os.path.isdir(out_dir):
+      raise UserError(f"dashboard output {out_dir} exists and is not a directory")
+    stray = [n for n in os.listdir(out_dir) if not _DASHBOARD_FILES.match(n)]
+    if stray:
+      raise UserError(f"dashboard output {out_dir} holds other files ({stray[0]}, ...): give a new or "
+                      "dashboard-only dir")
+  ids = [f["feature"] for f in data["features"]]
+
+  def write(tmp):
+    with open(os.path.join(tmp, "features.json"), "w") as fh:
+      json.dump(data, fh, indent=1, ensure_ascii=False)
+    with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as fh:
+      fh.write(render_index(data))
+    for i, f in enumerate(data["features"]):
+      prev_f = ids[i - 1] if i > 0 else None
+      next_f = ids[i + 1] if i + 1 < len(ids) else None
+      with open(os.path.join(tmp, feature_filename(f["feature"])), "w", encoding="utf-8") as fh:
+        fh.write(render_feature(f, data, prev_f, next_f))
+
+  return write_dir_atomically(out_dir, write)
