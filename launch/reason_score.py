@@ -44,20 +44,6 @@ flags.DEFINE_integer("top_k", 100, "Features listed in top_k.json.")
 flags.DEFINE_list("mesh", ["-1", "1", "1"], "Mesh sizes data,fsdp,model (latents shard on model).")
 
 
-def extraction_rows(tokenizer, sources, context_size, packing, n_rows, shuffle_seed):
-  """Packed rows, shuffled like the reference (`Dataset.shuffle(seed)`), first `n_rows`."""
-  import datasets
-  import numpy as np
-  from sae_jax.data import build_rows
-  rows = build_rows(list(sources), tokenizer, context_size=context_size, mode=packing)
-  if len(rows) == 0:
-    raise UserError(f"the corpus {list(sources)} gave no rows of {context_size} tokens")
-  if shuffle_seed >= 0:
-    order = datasets.Dataset.from_dict({"i": np.arange(len(rows))}).shuffle(seed=shuffle_seed)["i"]
-    rows = rows[np.asarray(order)]
-  return rows[:n_rows] if n_rows else rows
-
-
 @exit_on_user_error
 def main(argv):
   del argv
@@ -65,6 +51,7 @@ def main(argv):
   from tqdm import tqdm
   from sae_jax.activations.collect import make_site_fn
   from sae_jax.data import load_tokenizer
+  from sae_jax.data.packing import extraction_rows
   from sae_jax.features import Vocabulary, load_reason_strings, reasonscore_corpus, DEFAULT_REASON_STRINGS
   from sae_jax.models import checkpoint, sharding
   from sae_jax.sae import load_saelens
@@ -85,7 +72,7 @@ def main(argv):
     ignore = tuple(sorted({i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id) if i is not None}))
   else:
     ignore = tuple(int(i) for i in FLAGS.ignore_ids)
-  rows = extraction_rows(tokenizer, FLAGS.data, FLAGS.context_size, FLAGS.packing, FLAGS.n_rows,
+  rows = extraction_rows(FLAGS.data, tokenizer, FLAGS.context_size, FLAGS.packing, FLAGS.n_rows,
                          FLAGS.shuffle_seed)
   site_fn = make_site_fn(model, layer, site, mesh)
   with tqdm(total=len(rows), desc="reason_score", unit="row", mininterval=2.0) as bar:

@@ -331,3 +331,19 @@ def sample_rows(rows: np.ndarray, num_rows: int, seed: int = 0) -> np.ndarray:
 def _stack(rows: Iterable[np.ndarray], context_size: int) -> np.ndarray:
   out = list(rows)
   return np.stack(out).astype(np.int32, copy=False) if out else np.zeros((0, context_size), np.int32)
+
+
+def extraction_rows(sources, tokenizer, context_size: int = 1024, mode: str = "reference", n_rows: int = 0,
+                    shuffle_seed: int = 42) -> np.ndarray:
+  """The reference's extraction rows: packed, shuffled like `datasets.Dataset.shuffle(seed)`, first `n_rows`.
+
+  `shuffle_seed < 0` keeps corpus order (the dashboards read the first rows unshuffled); `n_rows=0` keeps all.
+  """
+  import datasets
+  rows = build_rows(list(sources), tokenizer, context_size=context_size, mode=mode)
+  if len(rows) == 0:
+    raise UserError(f"the corpus {list(sources)} gave no rows of {context_size} tokens")
+  if shuffle_seed >= 0:
+    order = datasets.Dataset.from_dict({"i": np.arange(len(rows))}).shuffle(seed=shuffle_seed)["i"]
+    rows = rows[np.asarray(order)]
+  return rows[:n_rows] if n_rows else rows
