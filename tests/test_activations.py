@@ -112,3 +112,17 @@ def test_corrupted_shard_is_named(tmp_path):
     f.truncate(60)
   with pytest.raises(UserError, match="corrupted shard .*shard_000000.npy"):
     ShardReader(str(tmp_path))()
+
+
+def test_shards_on_an_fsspec_url():
+  """Remote paths (gs:// with gcsfs) go through fsspec; the in-memory filesystem stands in for a bucket."""
+  data = np.random.RandomState(1).randn(40, 3).astype(np.float32)
+  w = ShardWriter("memory://acts/run1", shard_tokens=16, d=3, meta={"m": 1})
+  for i in range(0, 40, 8):
+    w.add(data[i:i + 8], batch_end=i // 8 + 1)
+  w.finish()
+  reader = ShardReader("memory://acts/run1", d=3)
+  got = [reader()[0], reader()[0]]
+  assert reader() is None
+  np.testing.assert_array_equal(np.concatenate(got), data[:32])
+  assert ShardWriter("memory://acts/run1", shard_tokens=16, d=3, meta={"m": 1}).resume_point == (4, 0)

@@ -1,12 +1,16 @@
 """Cached activations: fixed-size .npy shards plus a manifest; a shard exists only once complete.
 
 The manifest lists finished shards with the data-stream position after each one, so a killed collection
-resumes exactly at the first missing shard and the trainer never reads a partial file.
+resumes exactly at the first missing shard and the trainer never reads a partial file. Paths may be local
+or any fsspec URL (`gs://bucket/acts` with gcsfs installed): locally a file is written to a temp name and
+renamed; on object stores an upload becomes visible only when complete, and the manifest is written last.
 """
 
+import io
 import json
 import os
 
+import fsspec
 import numpy as np
 
 from sae_jax.errors import UserError
@@ -14,21 +18,37 @@ from sae_jax.errors import UserError
 MANIFEST = "manifest.json"
 
 
-def _atomic_write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+def _fs(path: str):
+  try:
+    return fsspec.core.url_to_fs(path)
+  except (ImportError, ValueError) as e:
+    raise UserError(f"cannot open {path}: {e} (for gs:// install gcsfs)") from None
+
+
+def _join(root: str, name: str) -> str:
+  return root.rstrip("/") + "/" + name
+
+
+def _write_bytes(fs, path: str, data: bytes) -> None:
+  """Complete or absent: temp file + rename locally, a single upload elsewhere."""
+  if "file" in fs.protocol or "local" in fs.protocol:
+    with open(path + ".tmp", "wb") as f:
+      f.write(data)
+    os.replace(path + ".tmp", path)
+  else:
+    with fs.open(path, "wb") as f:
+      f.write(data)
 
 
 def read_manifest(path: str) -> dict:
+  fs, root = _fs(path)
+  file = _join(root, MANIFEST)
   try:
-    with open(os.path.join(path, MANIFEST)) as f:
-      return json.load(f)
+    return json.loads(fs.cat_file(file))
   except FileNotFoundError:
     raise UserError(f"no activation cache at {path} (missing {MANIFEST})") from None
   except json.JSONDecodeError:
-    raise UserError(f"corrupted manifest {os.path.join(path, MANIFEST)}") from None
+    raise UserError(f"corrupted manifest {_join(path, MANIFEST)}") from None
 
 
 class ShardWriter:
@@ -36,8 +56,9 @@ class ShardWriter:
 
   def __init__(self, path: str, shard_tokens: int, d: int, meta: dict):
     self.path, self.shard_tokens, self.d = path, shard_tokens, d
-    os.makedirs(path, exist_ok=True)
-    if os.path.exists(os.path.join(path, MANIFEST)):
+    self.fs, self.root = _fs(path)
+    self.fs.makedirs(self.root, exist_ok=True)
+    if self.fs.exists(_join(self.root, MANIFEST)):
       self.manifest = read_manifest(path)
       old = {k: self.manifest["meta"].get(k) for k in meta}
       if old != meta or self.manifest["d"] != d or self.manifest["shard_tokens"] != shard_tokens:
@@ -74,19 +95,21 @@ class ShardWriter:
   def _write(self, block: np.ndarray, resume: tuple[int, int]) -> None:
     index = len(self.manifest["shards"])
     name = f"shard_{index:06d}.npy"
-    tmp = os.path.join(self.path, name + ".tmp")
-    with open(tmp, "wb") as f:
-      np.save(f, block)
-    os.replace(tmp, os.path.join(self.path, name))
+    buf = io.BytesIO()
+    np.save(buf, block)
+    _write_bytes(self.fs, _join(self.root, name), buf.getvalue())
     self.manifest["shards"].append({"file": name, "tokens": int(len(block)), "resume_batch": int(resume[0]),
                                     "resume_skip": int(resume[1]),
-                                    "bytes": os.path.getsize(os.path.join(self.path, name))})
-    _atomic_write_json(os.path.join(self.path, MANIFEST), self.manifest)
+                                    "bytes": len(buf.getvalue())})
+    self._write_manifest()
+
+  def _write_manifest(self) -> None:
+    _write_bytes(self.fs, _join(self.root, MANIFEST), json.dumps(self.manifest, indent=1).encode())
 
   def finish(self) -> dict:
     """Marks the cache complete; a partial last shard is dropped (fixed shard size keeps reads static)."""
     self.manifest["done"] = True
-    _atomic_write_json(os.path.join(self.path, MANIFEST), self.manifest)
+    self._write_manifest()
     return self.manifest
 
 
@@ -95,6 +118,7 @@ class ShardReader:
 
   def __init__(self, path: str, d: int | None = None, start_shard: int = 0, loop: bool = False):
     self.path, self.manifest = path, read_manifest(path)
+    self.fs, self.root = _fs(path)
     if d is not None and self.manifest["d"] != d:
       raise UserError(f"activation cache {path} has width {self.manifest['d']}, the SAE expects d_in {d}")
     if not self.manifest["shards"]:
@@ -110,12 +134,13 @@ class ShardReader:
     if self.position >= len(shards) and not self.loop:
       return None
     info = shards[self.position % len(shards)]
-    file = os.path.join(self.path, info["file"])
+    file = _join(self.root, info["file"])
     try:
-      acts = np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as e:
+      data = self.fs.cat_file(file)
+      acts = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
       raise UserError(f"corrupted shard {file}: {e}") from None
-    if acts.shape != (info["tokens"], self.manifest["d"]) or os.path.getsize(file) != info["bytes"]:
+    if acts.shape != (info["tokens"], self.manifest["d"]) or len(data) != info["bytes"]:
       raise UserError(f"corrupted shard {file}: shape {acts.shape}, manifest says "
                       f"({info['tokens']}, {self.manifest['d']})")
     self.position += 1
