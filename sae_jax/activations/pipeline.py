@@ -47,7 +47,7 @@ def producer_from_config(c, sae_cfg, mesh):
   """Cached shards when `activations.cache_dir` is set, otherwise the model on the fly."""
   from sae_jax.activations.shards import ShardReader
   if c.activations.cache_dir:
-    if not os.path.isdir(c.activations.cache_dir):
+    if "://" not in c.activations.cache_dir and not os.path.isdir(c.activations.cache_dir):
       raise UserError(f"activations.cache_dir {c.activations.cache_dir} does not exist")
     return ShardReader(c.activations.cache_dir, d=sae_cfg.d_in, loop=c.activations.loop)
   return model_source_from_config(c, sae_cfg, mesh, loop=c.activations.loop)
