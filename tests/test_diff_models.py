@@ -120,8 +120,7 @@ def test_two_models_match_dense_numpy(tiny_pair):
   rows = _rows()
   acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE, mesh=mesh)
   stats = [_stats(m, rows, acc, mesh) for m in models]
-  if hasattr(acc._step, "_cache_size"):
-    assert acc._step._cache_size() == 1  # one compiled step for every batch of both models
+  assert acc._step._cache_size() == 1  # one compiled step for every batch of both models
   for st, model in zip(stats, tiny_pair[0]):
     acts = np.asarray(make_site_fn(model, LAYER, "resid_post")(rows))
     f, mean, density, n = _dense(acts, rows, cfg, params)

@@ -123,7 +123,7 @@ def test_old_saelens_cfg_gets_saelens_defaults(tmp_path):
 
 
 def test_bfloat16_weights_load_as_float32(tmp_path):
-  torch = pytest.importorskip("torch")
+  import torch
   from safetensors.torch import save_file as save_torch
   path = tmp_path / "bf16"
   path.mkdir()

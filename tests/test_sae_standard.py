@@ -150,7 +150,7 @@ def test_C0_schedules(fx, cfg):
 @pytest.mark.parametrize("n, warm_up, decay", [(40, 0, 10), (30, 5, 10), (20, 1, 0), (12, 4, 8), (9, 0, 0)])
 def test_lr_schedule_matches_torch_sequential_lr(n, warm_up, decay):
   """SAELens' composition for the `constant` scheduler, rebuilt from torch's own LR schedulers."""
-  torch = pytest.importorskip("torch")
+  import torch
   opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
   scheds, milestones = [], []
   if warm_up:
