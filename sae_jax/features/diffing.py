@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae_jax.errors import UserError
-from sae_jax.features.reasonscore import (EPS, PAPER_ALPHA, ReasonScoreAccumulator, ReasonScores,
+from sae_jax.features.reasonscore import (EPS, PAPER_ALPHA, ReasonScoreAccumulator, ReasonScores, feed_rows,
                                           _write_atomically)
-from sae_jax.models import sharding as shd
 from sae_jax.sae import encode
 
 RATIO_EPS = 1e-6  # added to both sides of B/A so features dead in A give large finite ratios
@@ -99,13 +98,7 @@ def model_stats(site_fn, rows, acc: FeatureStatsAccumulator, *, batch_rows: int,
     raise UserError("model diffing got no tokens: the corpus is empty")
   check_batches(len(rows), batch_rows, acc.mesh)  # up front, not after a model's worth of batches
   acc.reset()
-  for start in range(0, len(rows), batch_rows):
-    tokens = np.asarray(rows[start:start + batch_rows])
-    if acc.mesh is not None:
-      tokens = jax.device_put(tokens, shd.batch_sharding(acc.mesh, 2))
-    acc.update(tokens, site_fn(tokens))
-    if progress is not None:
-      progress(start + tokens.shape[0], len(rows))
+  feed_rows(acc, site_fn, rows, batch_rows, progress)
   return acc.finalize_stats(alpha, eps)
 
 

@@ -241,6 +241,12 @@ def reasonscore_corpus(site_fn, rows, params, vocab: Vocabulary, *, batch_rows: 
   if len(rows) == 0:
     raise UserError("ReasonScore got no tokens: the corpus is empty")
   acc = ReasonScoreAccumulator(params, vocab, **accumulator_kwargs)
+  feed_rows(acc, site_fn, rows, batch_rows, progress)
+  return acc.finalize(alpha, eps)
+
+
+def feed_rows(acc: "ReasonScoreAccumulator", site_fn, rows, batch_rows: int, progress=None) -> None:
+  """Runs the model over `rows` in batches (placed on the accumulator's mesh) and updates `acc`."""
   for start in range(0, len(rows), batch_rows):
     tokens = np.asarray(rows[start:start + batch_rows])
     if acc.mesh is not None:
@@ -248,4 +254,3 @@ def reasonscore_corpus(site_fn, rows, params, vocab: Vocabulary, *, batch_rows: 
     acc.update(tokens, site_fn(tokens))
     if progress is not None:
       progress(start + tokens.shape[0], len(rows))
-  return acc.finalize(alpha, eps)

@@ -138,12 +138,12 @@ def write_dir_atomically(out_dir: str, write) -> str:
   return out_dir
 
 
-def load_saelens(path: str) -> LoadedSAE:
-  """Reads a SAELens SAE dir (ours or SAELens'); weights come back as float32 whatever their stored dtype."""
-  cfg_path, weights_path = os.path.join(path, CFG_FILENAME), os.path.join(path, WEIGHTS_FILENAME)
+def read_sae_dir(path: str, kind: str, cfg_name: str, weights_name: str) -> tuple[dict, str, str]:
+  """(cfg.json as a dict, its path, the weights path) of an SAE dir, with one-line errors for what is off."""
+  cfg_path, weights_path = os.path.join(path, cfg_name), os.path.join(path, weights_name)
   for p in (cfg_path, weights_path):
     if not os.path.isfile(p):
-      raise UserError(f"{p} not found: expected a SAELens SAE dir with {CFG_FILENAME} and {WEIGHTS_FILENAME}")
+      raise UserError(f"{p} not found: expected a {kind} SAE dir with {cfg_name} and {weights_name}")
   try:
     with open(cfg_path) as f:
       raw = json.load(f)
@@ -151,6 +151,12 @@ def load_saelens(path: str) -> LoadedSAE:
     raise UserError(f"{cfg_path} is not valid JSON: {e}") from None
   if not isinstance(raw, dict):
     raise UserError(f"{cfg_path} must hold a JSON object")
+  return raw, cfg_path, weights_path
+
+
+def load_saelens(path: str) -> LoadedSAE:
+  """Reads a SAELens SAE dir (ours or SAELens'); weights come back as float32 whatever their stored dtype."""
+  raw, cfg_path, weights_path = read_sae_dir(path, "SAELens", CFG_FILENAME, WEIGHTS_FILENAME)
   try:
     cfg, s = _config_from_saelens(raw, cfg_path)
   except UserError as e:

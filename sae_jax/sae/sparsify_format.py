@@ -18,7 +18,8 @@ from safetensors.numpy import save_file
 from sae_jax import __version__
 from sae_jax.errors import UserError
 from sae_jax.sae.config import SAEConfig, parse_hook_name
-from sae_jax.sae.saelens_format import LoadedSAE, _checked_params, read_tensors, write_dir_atomically
+from sae_jax.sae.saelens_format import (LoadedSAE, _checked_params, read_sae_dir, read_tensors,
+                                        write_dir_atomically)
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae.safetensors"
@@ -56,17 +57,7 @@ def load_sparsify(path: str, hook_name: str | None = None) -> LoadedSAE:
   The hook comes from our "sae_jax" config, else `hook_name`, else the dir name (`layers.N` -> resid_post of
   block N, `layers.N.mlp` -> its mlp_out). `saelens_cfg` of the result holds the sparsify cfg.json as read.
   """
-  cfg_path, weights_path = os.path.join(path, CFG_FILENAME), os.path.join(path, WEIGHTS_FILENAME)
-  for p in (cfg_path, weights_path):
-    if not os.path.isfile(p):
-      raise UserError(f"{p} not found: expected a sparsify SAE dir with {CFG_FILENAME} and {WEIGHTS_FILENAME}")
-  try:
-    with open(cfg_path) as f:
-      raw = json.load(f)
-  except json.JSONDecodeError as e:
-    raise UserError(f"{cfg_path} is not valid JSON: {e}") from None
-  if not isinstance(raw, dict):
-    raise UserError(f"{cfg_path} must hold a JSON object")
+  raw, cfg_path, weights_path = read_sae_dir(path, "sparsify", CFG_FILENAME, WEIGHTS_FILENAME)
   cfg = _config_from_sparsify(raw, path, hook_name, cfg_path)
   tensors = read_tensors(weights_path)
   if "W_skip" in tensors:
