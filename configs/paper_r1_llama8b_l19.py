@@ -21,7 +21,8 @@ def get_config():
       context_size=1024, mode="reference", add_bos=False,
       num_rows=800_000,  # 819.2M training tokens + the norm estimate, at 1024 tokens a row
       store_batch_rows=8,  # SAELens store_batch_size_prompts
-      seed=42)
+      seed=42,  # of the mix of sources
+      shuffle_seed=-1)  # >= 0: shuffle the packed rows as `datasets` does, then take num_rows (extraction set)
   c.activations = dict(cache_dir="", loop=False)  # cache_dir: read shards of collect_activations.py instead
   c.sae = dict(
       d_in=D_IN, d_sae=D_IN * EXPANSION, architecture="standard", apply_b_dec_to_input=False,

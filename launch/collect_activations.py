@@ -4,7 +4,8 @@
       --config.model.path=runs/model --shard_tokens=65536
 
 A killed run restarts at the first missing shard. `launch/train_sae.py --config.activations.cache_dir=DIR`
-then trains from the shards without running the model.
+then trains from the shards without running the model. The token rows are stored too (rows.npy), so
+`launch/reason_score.py --activations=DIR` and `launch/diff_models.py --activations_a/_b` can score them.
 """
 
 import json
@@ -40,8 +41,9 @@ def main(argv):
   source = pipeline.model_source_from_config(c, sae_cfg, pipeline.mesh_from_config(c), loop=False)
   meta = {"model": c.model.path, "layer": sae_cfg.hook_layer, "site": sae_cfg.hook_site,
           "sources": list(c.data.sources), "context_size": c.data.context_size, "mode": c.data.mode,
-          "exclude_ids": list(sae_cfg.exclude_special_tokens)}
-  writer = ShardWriter(FLAGS.out, FLAGS.shard_tokens, sae_cfg.d_in, meta)
+          "exclude_ids": list(sae_cfg.exclude_special_tokens), "tokenizer": pipeline.tokenizer_path(c)}
+  rows = np.asarray(source.rows[:source.batches_per_epoch * source.batch_rows])  # all the source will run
+  writer = ShardWriter(FLAGS.out, FLAGS.shard_tokens, sae_cfg.d_in, meta, rows=rows)
   resume_batch, skip = writer.resume_point
   source.seek(resume_batch)
   total = source.batches_per_epoch if not FLAGS.max_batches else min(FLAGS.max_batches,

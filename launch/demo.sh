@@ -27,6 +27,7 @@ $PY launch/compare_reference.py --model="$OUT/model" --reference="$HF_DIR" --dty
   --out="$OUT/parity.json" > /dev/null
 
 echo "== [4/7] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
+rm -rf "$OUT/acts"
 $PY launch/collect_activations.py --config=configs/demo_smollm2.py --config.model.path="$OUT/model" \
   --out="$OUT/acts" --shard_tokens=16384 --verbosity=-1 | tee "$OUT/collect.log"
 

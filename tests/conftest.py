@@ -52,3 +52,18 @@ def tiny_hf_dir(request, tmp_path_factory):
   path = str(tmp_path_factory.mktemp(f"tiny_{request.param}"))
   model.save_pretrained(path)
   return model, path
+
+
+def collect_cache(model_dir, out, source: str, layer: int = 5, shard_tokens: int = 300):
+  """launch/collect_activations.py on the demo config: a cache (with its rows) of `model_dir` at `layer`."""
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "collect_activations.py"),
+                         "--config=" + os.path.join(REPO, "configs", "demo_smollm2.py"),
+                         f"--config.model.path={model_dir}", f"--config.data.sources=('{source}',)",
+                         "--config.data.context_size=64", "--config.data.store_batch_rows=4",
+                         f"--config.sae.hook_layer={layer}", f"--out={out}", f"--shard_tokens={shard_tokens}",
+                         "--verbosity=-1"], capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  return str(out)

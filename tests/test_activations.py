@@ -9,7 +9,7 @@ import pytest
 
 from sae_jax.activations.buffer import ShuffleBuffer
 from sae_jax.activations.collect import ActivationSource, make_site_fn
-from sae_jax.activations.shards import ShardReader, ShardWriter
+from sae_jax.activations.shards import CachedRows, ShardReader, ShardWriter
 from sae_jax.errors import UserError
 from sae_jax.models import parity
 from sae_jax.models.loading import load_model
@@ -126,3 +126,67 @@ def test_shards_on_an_fsspec_url():
   assert reader() is None
   np.testing.assert_array_equal(np.concatenate(got), data[:32])
   assert ShardWriter("memory://acts/run1", shard_tokens=16, d=3, meta={"m": 1}).resume_point == (4, 0)
+
+
+def _position_acts(tokens, d=3):
+  """Activations that name their place: (row, position, token) in the first three dims."""
+  b, length = tokens.shape
+  acts = np.zeros((b, length, d), np.float32)
+  acts[..., 0] = np.arange(b)[:, None]
+  acts[..., 1] = np.arange(length)[None, :]
+  acts[..., 2] = tokens
+  return acts
+
+
+def _write_cache(path, rows, exclude, shard_tokens, batch_rows=2):
+  """What collect_activations.py does: kept activations per batch, the rows stored beside them."""
+  w = ShardWriter(path, shard_tokens=shard_tokens, d=3, meta={"layer": 1, "site": "resid_post",
+                                                              "exclude_ids": list(exclude)}, rows=rows)
+  for i in range(0, len(rows), batch_rows):
+    acts = _position_acts(rows[i:i + batch_rows])
+    acts[..., 0] += i
+    keep = ~np.isin(rows[i:i + batch_rows], exclude)
+    w.add(acts[keep], batch_end=i // batch_rows + 1)
+  return w.finish()
+
+
+def test_cached_rows_put_each_activation_back_at_its_token(tmp_path):
+  rng = np.random.default_rng(0)
+  rows = rng.integers(3, 50, (8, 10)).astype(np.int32)
+  rows[:, 0] = 1  # BOS
+  rows[rng.random(rows.shape) < 0.1] = 2  # EOS inside rows
+  manifest = _write_cache(str(tmp_path), rows, exclude=(1, 2), shard_tokens=13)
+  cached = sum(s["tokens"] for s in manifest["shards"])
+  kept_per_row = (~np.isin(rows, (1, 2))).sum(axis=1)
+  cache = CachedRows(str(tmp_path), d=3)
+  n = int(np.sum(np.cumsum(kept_per_row) <= cached))  # rows whose kept tokens all made it into full shards
+  assert 0 < n < len(rows)  # the partial last shard was dropped, so the last rows are not served
+  np.testing.assert_array_equal(cache.rows, rows[:n])
+  site_fn = cache.site_fn()
+  got = np.concatenate([site_fn(cache.rows[i:i + 3]) for i in range(0, n, 3)])  # batches unlike the writer's
+  want = _position_acts(rows[:n])
+  want[np.isin(rows[:n], (1, 2))] = 0  # uncached positions come back as zeros
+  np.testing.assert_array_equal(got, want)
+  with pytest.raises(UserError, match="served in row order"):
+    cache.site_fn()(cache.rows[1:3])
+  cache.check_ignored((1, 2, 7))
+  with pytest.raises(UserError, match=r"left out token ids \[2\]"):
+    cache.check_ignored((1,))
+  with pytest.raises(UserError, match="width 3, the SAE expects d_in 4"):
+    CachedRows(str(tmp_path), d=4)
+
+
+def test_cached_rows_need_rows_and_guard_them(tmp_path):
+  rows = np.arange(40, dtype=np.int32).reshape(4, 10)
+  _write_cache(str(tmp_path / "a"), rows, exclude=(), shard_tokens=10)
+  with pytest.raises(UserError, match="other settings"):  # resuming on other rows is refused
+    ShardWriter(str(tmp_path / "a"), shard_tokens=10, d=3, meta={"layer": 1, "site": "resid_post",
+                                                                   "exclude_ids": []}, rows=rows + 1)
+  np.save(tmp_path / "a" / "rows.npy", rows + 1)
+  with pytest.raises(UserError, match="does not match its manifest"):
+    CachedRows(str(tmp_path / "a"))
+  w = ShardWriter(str(tmp_path / "b"), shard_tokens=10, d=3, meta={})
+  w.add(np.zeros((10, 3), np.float32), batch_end=1)
+  w.finish()
+  with pytest.raises(UserError, match="has no token rows"):
+    CachedRows(str(tmp_path / "b"))

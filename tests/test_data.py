@@ -446,3 +446,24 @@ def test_demo_uses_reasoning_gym_when_importable(monkeypatch, smol):
   assert D.demo_problems(4, seed=7, use_reasoning_gym=False)[0][0].endswith("?")  # the fallback on request
   doc = D.demo_corpus(1, tokenizer=smol, seed=7)[0]
   assert "<|im_start|>user\n0 + 7 =<|im_end|>" in doc
+
+
+def test_extraction_rows_shuffle_like_datasets_and_config_path(assets, smol):
+  """`datasets.Dataset.shuffle(seed)` is `np.random.default_rng(seed).permutation(n)`; the reference then takes
+  the first rows. A collection config with data.shuffle_seed gives the same rows."""
+  from configs import demo_smollm2
+  from sae_jax.activations.pipeline import token_rows_from_config
+  from sae_jax.data.packing import extraction_rows
+  plain = D.build_rows(["demo#n=10"], smol, context_size=64, mode="clean")
+  assert len(plain) > 12
+  got = extraction_rows(["demo#n=10"], smol, 64, "clean", n_rows=12, shuffle_seed=42)
+  np.testing.assert_array_equal(got, plain[np.random.default_rng(42).permutation(len(plain))[:12]])
+  np.testing.assert_array_equal(extraction_rows(["demo#n=10"], smol, 64, "clean", n_rows=5, shuffle_seed=-1),
+                                plain[:5])
+  c = demo_smollm2.get_config()
+  c.model.path = assets.smollm2_hf
+  c.data.update(sources=("demo#n=10",), context_size=64, num_rows=12, shuffle_seed=42)
+  np.testing.assert_array_equal(token_rows_from_config(c), got)
+  c.data.sources = ("demo#n=10", "demo#n=3")
+  with pytest.raises(UserError, match="takes one source"):
+    token_rows_from_config(c)

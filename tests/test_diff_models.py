@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, _tiny_hf
+from conftest import REPO, _tiny_hf, collect_cache
 from sae_jax.errors import UserError
 from sae_jax.features.diffing import (ARRAYS, FeatureStatsAccumulator, ModelDiff, check_pair, check_rows_fit,
                                       density_scatter_png, diff_stats, model_stats, png_bytes)
@@ -249,11 +249,13 @@ def _sae_dir(path, d_in):
   return save_saelens(str(path), params, cfg)
 
 
-def _run(*args):
+CORPUS = ("--data=demo#n=8", "--context_size=64", "--packing=clean")
+
+
+def _run(*args, corpus=CORPUS):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", "diff_models.py"), "--dtype=float32",
-                         "--data=demo#n=8", "--context_size=64", "--packing=clean", "--n_rows=0",
-                         "--batch_rows=4", "--top_k=5", "--verbosity=-1", *args],
+                         *corpus, "--n_rows=0", "--batch_rows=4", "--top_k=5", "--verbosity=-1", *args],
                         capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -293,3 +295,31 @@ def test_launch_errors(assets, tmp_path):
               f"--out={tmp_path / 'o'}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == "error: SAE d_in 64 != model width 576"
+
+
+def test_launch_from_a_cache_equals_running_the_model(assets, smollm2_perturbed, tmp_path):
+  """B from a cache of its activations (collect_activations.py), A run live on the cache's rows."""
+  from sae_jax.activations.shards import CachedRows
+  sae = _sae_dir(tmp_path / "sae", 576)
+  cache_b = collect_cache(smollm2_perturbed, tmp_path / "acts_b", "demo#n=8")
+  n_rows = len(CachedRows(cache_b).rows)
+  common = (f"--sae={sae}", "--ignore_ids=0,1,2", f"--n_rows={n_rows}")
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--activations_b={cache_b}", f"--out={tmp_path / 'cached'}",
+              *common, corpus=())
+  assert proc.returncode == 0, proc.stderr
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={smollm2_perturbed}", f"--out={tmp_path / 'live'}",
+              "--shuffle_seed=-1", *common)
+  assert proc.returncode == 0, proc.stderr
+  for name in ARRAYS:
+    cached, live = (np.load(tmp_path / run / f"{name}.npy") for run in ("cached", "live"))
+    np.testing.assert_allclose(cached, live, rtol=1e-4, atol=1e-6 * np.abs(live).max(), err_msg=name)
+  meta = json.load(open(tmp_path / "cached" / "diff.json"))
+  assert meta["models"]["b"] == {"activations": cache_b, "source": smollm2_perturbed}
+  assert meta["rows"] == n_rows
+
+  other = collect_cache(assets.smollm2_hf, tmp_path / "acts_other", "demo#n=8,seed=3")
+  proc = _run(f"--activations_a={other}", f"--activations_b={cache_b}", f"--out={tmp_path / 'x'}", *common,
+              corpus=())
+  assert proc.returncode != 0 and "activation caches hold different token rows" in proc.stderr.splitlines()[-1]
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'x'}")
+  assert proc.returncode != 0 and "exactly one of --model_b and --activations_b" in proc.stderr.splitlines()[-1]

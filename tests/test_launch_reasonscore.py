@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from conftest import REPO
+from conftest import REPO, collect_cache
 from sae_jax.sae import SAEConfig, init_sae_params, save_saelens
 
 
@@ -19,12 +19,22 @@ def _sae(path, d_in):
   return save_saelens(str(path), params, cfg)
 
 
-def _run(*args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+CORPUS = ("--data=demo#n=12", "--context_size=64", "--packing=clean")
+
+
+def _env():
+  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+
+
+def _run(*args, corpus=CORPUS):
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", "reason_score.py"), "--dtype=float32",
-                         "--data=demo#n=12", "--context_size=64", "--packing=clean", "--n_rows=0",
-                         "--batch_rows=4", "--top_k=5", "--verbosity=-1", *args],
-                        capture_output=True, text=True, env=env, timeout=300)
+                         *corpus, "--n_rows=0", "--batch_rows=4", "--top_k=5", "--verbosity=-1", *args],
+                        capture_output=True, text=True, env=_env(), timeout=300)
+
+
+def _error_line(proc):
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+  return proc.stderr.strip().splitlines()[-1]
 
 
 def test_scores_every_feature(assets, tmp_path):
@@ -55,3 +65,38 @@ def test_errors(assets, tmp_path):
   empty.write_text("")
   proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'rs'}", f"--data={empty}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_scores_from_cached_activations_equal_the_model_pass(assets, tmp_path):
+  """collect_activations.py stores the rows; scoring its cache gives the on-the-fly result without the model."""
+  from sae_jax.activations.shards import CachedRows
+  cache = collect_cache(assets.smollm2_hf, tmp_path / "acts", "demo#n=12")
+  n_rows = len(CachedRows(str(cache)).rows)
+  assert n_rows >= 8
+  sae = _sae(tmp_path / "sae", 576)
+  # The demo config leaves out ids 0, 1, 2; SmolLM2's BOS/EOS are 1 and 2, so 0 must be ignored too.
+  line = _error_line(_run(f"--activations={cache}", f"--sae={sae}", f"--out={tmp_path / 'x'}", corpus=()))
+  assert "left out token ids [0]" in line
+  proc = _run(f"--activations={cache}", f"--sae={sae}", f"--out={tmp_path / 'cached'}", "--ignore_ids=0,1,2",
+              corpus=())
+  assert proc.returncode == 0, proc.stderr
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report["rows"] == n_rows and report["source"] == cache
+  proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'model'}", "--ignore_ids=0,1,2",
+              f"--n_rows={n_rows}", "--shuffle_seed=-1")
+  assert proc.returncode == 0, proc.stderr
+  for name in ("scores", "mu_pos", "mu_neg", "group_means"):
+    cached, direct = (np.load(tmp_path / run / f"{name}.npy") for run in ("cached", "model"))
+    # Same float32 activations up to XLA CPU's batch-size-dependent summation (batches of 4 rows both here).
+    np.testing.assert_allclose(cached, direct, rtol=1e-5, atol=1e-7 * np.abs(direct).max())
+  meta = json.load(open(tmp_path / "cached" / "reasonscore.json"))
+  assert meta["pos_count"] > 0 and meta["settings"]["ignore_ids"] == [0, 1, 2]
+
+  line = _error_line(_run(f"--activations={cache}", f"--sae={sae}", f"--out={tmp_path / 'x'}"))
+  assert "--data, --context_size, --packing cannot be used with cached activations" in line
+  line = _error_line(_run(f"--activations={cache}", f"--model={assets.smollm2_hf}", f"--sae={sae}",
+                          f"--out={tmp_path / 'x'}", corpus=()))
+  assert "exactly one of --model" in line
+  line = _error_line(_run(f"--activations={cache}", f"--sae={sae}", f"--out={tmp_path / 'x'}", "--layer=4",
+                          corpus=()))
+  assert "holds layer 5 resid_post, the SAE reads layer 4 resid_post" in line

@@ -21,7 +21,13 @@ def tokenizer_path(c) -> str:
 def token_rows_from_config(c) -> np.ndarray:
   """The packed corpus [rows, context_size] (int32), deterministic given the config."""
   from sae_jax.data import build_rows, load_tokenizer
+  from sae_jax.data.packing import extraction_rows
   tokenizer = load_tokenizer(tokenizer_path(c))
+  if c.data.get("shuffle_seed", -1) >= 0:  # the ReasonScore extraction set: packed, shuffled, first num_rows
+    if c.data.add_bos or len(c.data.sources) != 1:
+      raise UserError("data.shuffle_seed (the extraction set's row shuffle) takes one source and add_bos=False")
+    return extraction_rows(list(c.data.sources), tokenizer, c.data.context_size, c.data.mode, c.data.num_rows,
+                           c.data.shuffle_seed)
   rows = build_rows(list(c.data.sources), tokenizer, context_size=c.data.context_size, mode=c.data.mode,
                     add_bos=c.data.add_bos, num_rows=c.data.num_rows or None, seed=c.data.seed)
   if len(rows) == 0:

@@ -4,8 +4,13 @@ The manifest lists finished shards with the data-stream position after each one,
 resumes exactly at the first missing shard and the trainer never reads a partial file. Paths may be local
 or any fsspec URL (`gs://bucket/acts` with gcsfs installed): locally a file is written to a temp name and
 renamed; on object stores an upload becomes visible only when complete, and the manifest is written last.
+
+The shards hold the activations of the kept tokens (all but `meta["exclude_ids"]`) in row order. A cache may
+also store the token rows it ran (`rows.npy`); with them `CachedRows` gives passes that need each token and its
+neighbours (ReasonScore, diffing) [B, L] batches without running the model.
 """
 
+import hashlib
 import io
 import json
 import os
@@ -16,6 +21,7 @@ import numpy as np
 from sae_jax.errors import UserError
 
 MANIFEST = "manifest.json"
+ROWS_FILE = "rows.npy"
 
 
 def _fs(path: str):
@@ -51,13 +57,33 @@ def read_manifest(path: str) -> dict:
     raise UserError(f"corrupted manifest {_join(path, MANIFEST)}") from None
 
 
-class ShardWriter:
-  """Collects host activations and writes `shard_NNNNNN.npy` of exactly `shard_tokens` rows."""
+def _npy_bytes(a: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  np.save(buf, a)
+  return buf.getvalue()
 
-  def __init__(self, path: str, shard_tokens: int, d: int, meta: dict):
+
+def rows_digest(rows: np.ndarray) -> str:
+  """sha256 of the int32 token rows: a resumed or paired cache must have run exactly these rows."""
+  return hashlib.sha256(np.ascontiguousarray(rows, np.int32).tobytes()).hexdigest()
+
+
+class ShardWriter:
+  """Collects host activations and writes `shard_NNNNNN.npy` of exactly `shard_tokens` rows.
+
+  With `rows` (the token rows [n, L] the activations come from, in order) the cache also stores them, and
+  their digest joins `meta`, so resuming on other rows is refused.
+  """
+
+  def __init__(self, path: str, shard_tokens: int, d: int, meta: dict, rows: np.ndarray | None = None):
     self.path, self.shard_tokens, self.d = path, shard_tokens, d
     self.fs, self.root = _fs(path)
     self.fs.makedirs(self.root, exist_ok=True)
+    if rows is not None:
+      rows = np.asarray(rows)
+      if rows.ndim != 2:
+        raise UserError(f"token rows must be [rows, length], got shape {rows.shape}")
+      meta = {**meta, "rows_sha256": rows_digest(rows), "rows_shape": [int(n) for n in rows.shape]}
     if self.fs.exists(_join(self.root, MANIFEST)):
       self.manifest = read_manifest(path)
       old = {k: self.manifest["meta"].get(k) for k in meta}
@@ -65,6 +91,8 @@ class ShardWriter:
         raise UserError(f"{path} holds a cache made with other settings ({old}); use another --out")
     else:
       self.manifest = {"d": d, "shard_tokens": shard_tokens, "meta": meta, "shards": [], "done": False}
+    if rows is not None and not self.fs.exists(_join(self.root, ROWS_FILE)):  # before any shard refers to it
+      _write_bytes(self.fs, _join(self.root, ROWS_FILE), _npy_bytes(rows.astype(np.int32)))
     self.pending: list[np.ndarray] = []
     self.pending_rows = 0
 
@@ -95,12 +123,10 @@ class ShardWriter:
   def _write(self, block: np.ndarray, resume: tuple[int, int]) -> None:
     index = len(self.manifest["shards"])
     name = f"shard_{index:06d}.npy"
-    buf = io.BytesIO()
-    np.save(buf, block)
-    _write_bytes(self.fs, _join(self.root, name), buf.getvalue())
+    data = _npy_bytes(block)
+    _write_bytes(self.fs, _join(self.root, name), data)
     self.manifest["shards"].append({"file": name, "tokens": int(len(block)), "resume_batch": int(resume[0]),
-                                    "resume_skip": int(resume[1]),
-                                    "bytes": len(buf.getvalue())})
+                                    "resume_skip": int(resume[1]), "bytes": len(data)})
     self._write_manifest()
 
   def _write_manifest(self) -> None:
@@ -145,3 +171,83 @@ class ShardReader:
                       f"({info['tokens']}, {self.manifest['d']})")
     self.position += 1
     return acts, np.ones(len(acts), bool)
+
+
+class CachedRows:
+  """The token rows of a cache and, in order, their site activations as [B, L, d] batches.
+
+  `rows` holds the rows whose kept tokens all lie in complete shards (a partial last shard is never written).
+  Positions of excluded ids (BOS/EOS by default) were not cached and come back as zeros, so a caller must
+  leave those ids out of every statistic: `check_ignored(ignore_ids)` says so before any work.
+  """
+
+  def __init__(self, path: str, d: int | None = None):
+    self.path = path
+    self.manifest = read_manifest(path)
+    meta = self.manifest["meta"]
+    if "rows_sha256" not in meta:
+      raise UserError(f"activation cache {path} has no token rows (collected before rows were stored); "
+                      "collect it again with launch/collect_activations.py")
+    if d is not None and self.manifest["d"] != d:
+      raise UserError(f"activation cache {path} has width {self.manifest['d']}, the SAE expects d_in {d}")
+    fs, root = _fs(path)
+    try:
+      rows = np.load(io.BytesIO(fs.cat_file(_join(root, ROWS_FILE))), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+      raise UserError(f"cannot read the token rows of {path}: {e}") from None
+    if rows_digest(rows) != meta["rows_sha256"]:
+      raise UserError(f"{_join(path, ROWS_FILE)} does not match its manifest (digest differs)")
+    self.exclude_ids = tuple(int(i) for i in meta.get("exclude_ids", ()))
+    kept = np.cumsum((~np.isin(rows, self.exclude_ids)).sum(axis=1))
+    cached = sum(s["tokens"] for s in self.manifest["shards"])
+    self.rows = rows[:int(np.searchsorted(kept, cached, side="right"))]
+    if len(self.rows) == 0:
+      raise UserError(f"activation cache {path} holds no complete row ({cached} activations cached)")
+
+  @property
+  def meta(self) -> dict:
+    return self.manifest["meta"]
+
+  def check_ignored(self, ignore_ids) -> None:
+    """Uncached positions (zeros) are harmless only if the statistic ignores their ids too."""
+    missing = sorted(set(self.exclude_ids) - {int(i) for i in ignore_ids})
+    if missing:
+      raise UserError(f"activation cache {self.path} left out token ids {missing} (exclude_ids), which the "
+                      f"statistic would count; ignore them too (ignore ids {sorted(ignore_ids)})")
+
+  def site_fn(self):
+    """fn(tokens [B, L]) -> activations [B, L, d], serving the rows in order from the first.
+
+    A drop-in for `make_site_fn` in passes that go through `rows` front to back (`feed_rows`); each call
+    checks that `tokens` are the next rows, so a pass in any other order fails loudly.
+    """
+    reader = ShardReader(self.path, d=self.manifest["d"])
+    exclude = np.asarray(self.exclude_ids, np.int64)
+    state = {"row": 0, "shard": np.zeros((0, self.manifest["d"]), np.float32), "offset": 0}
+
+    def take(n: int) -> np.ndarray:
+      """The next n cached activations (views into the current shard; no copy of the shard)."""
+      parts = [state["shard"][:0]]
+      while n:
+        if state["offset"] == len(state["shard"]):
+          state["shard"], state["offset"] = reader()[0], 0
+        part = state["shard"][state["offset"]:state["offset"] + n]
+        state["offset"] += len(part)
+        parts.append(part)
+        n -= len(part)
+      return np.concatenate(parts)
+
+    def site_fn(tokens):
+      tokens = np.asarray(tokens)
+      start = state["row"]
+      expected = self.rows[start:start + len(tokens)]
+      if tokens.shape != expected.shape or not np.array_equal(tokens, expected):
+        raise UserError(f"cached activations are served in row order: the batch at row {start} is not "
+                        f"rows {start}..{start + len(tokens) - 1} of {self.path}")
+      keep = ~np.isin(tokens, exclude)
+      out = np.zeros(tokens.shape + (self.manifest["d"],), np.float32)
+      out[keep] = take(int(keep.sum()))
+      state["row"] = start + len(tokens)
+      return out
+
+    return site_fn

@@ -340,7 +340,10 @@ def extraction_rows(sources, tokenizer, context_size: int = 1024, mode: str = "r
   `shuffle_seed < 0` keeps corpus order (the dashboards read the first rows unshuffled); `n_rows=0` keeps all.
   """
   import datasets
-  rows = build_rows(list(sources), tokenizer, context_size=context_size, mode=mode)
+  if n_rows < 0:
+    raise UserError(f"n_rows must be >= 0, got {n_rows}")
+  unshuffled_head = n_rows if shuffle_seed < 0 and n_rows else None  # no shuffle: pack only what is used
+  rows = build_rows(list(sources), tokenizer, context_size=context_size, mode=mode, num_rows=unshuffled_head)
   if len(rows) == 0:
     raise UserError(f"the corpus {list(sources)} gave no rows of {context_size} tokens")
   if shuffle_seed >= 0:

@@ -25,6 +25,7 @@ from sae_jax import __version__
 from sae_jax.errors import UserError
 from sae_jax.sae import core
 from sae_jax.sae.config import NORMALIZE_ACTIVATIONS, SAEConfig, parse_hook_name
+from sae_jax.sae.standard import fold_activation_norm_scaling_factor
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -43,6 +44,16 @@ class LoadedSAE:
   def expects_raw_activations(self) -> bool:
     """False for unfolded weights (normalize_activations 'expected_average_only_in' on disk): feed them s*x."""
     return self.saelens_cfg.get("normalize_activations", "none") in ("none", False)
+
+  def raw_input_params(self) -> dict[str, np.ndarray]:
+    """Params that take raw site activations: s folded in when the weights still expect s*x.
+
+    Features are unchanged by the fold, so analysis (ReasonScore, dashboards, diffing) can feed raw x.
+    """
+    if self.norm_scaling_factor is None:
+      return self.params
+    return {k: np.asarray(v) for k, v in
+            fold_activation_norm_scaling_factor(self.params, self.norm_scaling_factor).items()}
 
 
 def saelens_architecture(cfg: SAEConfig) -> str:
