@@ -25,8 +25,10 @@ ratio = ours / torch, our compile seconds, plus the machine (cpu count, versions
 here in PyTorch the way SAELens' trainer runs it (forward, loss.backward(), clip_grad_norm_(1.0), torch.optim.Adam,
 zero_grad(set_to_none=True), per-latent firing bookkeeping), per (arch, d_in) with d_sae = d_in * expansion and
 `--sae_batch` tokens per step. standard: ReLU SAE, MSE + lambda_t * decoder-norm-weighted L1. topk: pre-bias, ReLU,
-top k per token into a dense [B, d_sae] block, dense decode, unit-norm decoder (parallel gradient removed before the
-clip, rows renormalised after Adam), AuxK over dead latents (none die during a benchmark, so both sides skip it).
+top k per token, unit-norm decoder (parallel gradient removed before the clip, rows renormalised after Adam), AuxK
+over dead latents (none die during a benchmark, so both sides skip it); the torch side scatters the top k into a
+dense [B, d_sae] block and decodes densely (as sparsify / OpenAI on CPU), ours decodes from the [B, k] values and
+indices (`sae_jax.sae.topk.topk_decode`).
 An architecture our SAEConfig / step does not accept yet is listed under "skipped" instead of failing. Both sides
 start from the same params (our init, copied) and cycle the same `--sae_batches` random float32 batches through
 the same step indices; `loss_max_rel_diff` compares their losses. Calls alternate as in `forward`; steps above
@@ -238,8 +240,11 @@ _SAE_ARCHS = ("standard", "topk")
 _SAE_FLOPS_FORMULA = (
     "10 * B * d_in * d_sae per step: forward x @ W_enc and f @ W_dec (2 * B * d_in * d_sae each); backward "
     "dW_dec = f^T @ g_xhat, g_f = g_xhat @ W_dec^T and dW_enc = x^T @ g_h (2 * B * d_in * d_sae each; no "
-    "g_x since x is data, so backward = 1.5x forward). Dense for topk too (both sides mask a dense [B, d_sae] "
-    "block). Elementwise, norm, clip and Adam work, O(B * d_sae + d_in * d_sae), is not counted.")
+    "g_x since x is data, so backward = 1.5x forward). For topk this is the dense formulation's count (the torch "
+    "side's, whose pre-bias gradient g_h @ W_enc^T is not counted); ours decodes by gathers and scatter-adds and "
+    "sums the pre-bias gradient over the batch first, so only 4 * B * d_in * d_sae are matmuls and its GFLOP/s "
+    "is a dense-equivalent rate. Elementwise, norm, clip and Adam work, O(B * d_sae + d_in * d_sae), is not "
+    "counted.")
 
 
 def _sae_config(arch: str, d_in: int):

@@ -14,7 +14,6 @@ with the same data config); the rows are then the cache's.
 
 import gc
 import json
-import os
 import time
 
 from absl import app, flags
@@ -46,19 +45,6 @@ common_flags.define_reasonscore_flags()
 flags.adopt_module_key_flags(common_flags)  # in --help and run.json like the script's own
 
 
-def peek_config(source):
-  """The ModelConfig without loading weights, when the source is local (hub ids: None, checked after loading)."""
-  from sae_jax.models.config import ModelConfig
-  from sae_jax.models.loading import GGUFFile
-  if os.path.isdir(source):
-    return ModelConfig.from_json(source)
-  if source.endswith(".gguf"):
-    if not os.path.exists(source):
-      raise UserError(f"no such GGUF file: {source}")
-    return ModelConfig.from_hf_dict(GGUFFile(source).hf_config())
-  return None
-
-
 @exit_on_user_error
 def main(argv):
   del argv
@@ -70,6 +56,7 @@ def main(argv):
   from sae_jax.features.diffing import (FeatureStatsAccumulator, check_batches, check_pair, check_rows_fit,
                                         diff_stats, model_stats)
   from sae_jax.models import checkpoint, sharding
+  from sae_jax.models.config import peek_config
   from sae_jax.sae import load_saelens
 
   sharding.maybe_initialize_distributed()

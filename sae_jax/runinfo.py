@@ -18,7 +18,7 @@ def run_info(flags: dict) -> dict:
       versions[name] = getattr(mod, "__version__", "?")
   return {
       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-      "flags": {k: v for k, v in flags.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
+      "flags": {k: v for k, v in flags.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))},
       "versions": versions,
       "git_commit": commit or None,
       "devices": [str(d) for d in jax.devices()],

@@ -6,6 +6,7 @@ References are numpy re-computations of the formulas in sae_jax/sae/topk.py (spa
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -264,6 +265,152 @@ def test_sharded_step_equals_single_device(arch):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-7)
       np.testing.assert_array_equal(b["feature_fire_count"], a["feature_fire_count"])
     np.testing.assert_array_equal(s8, s1)
+
+
+# --- sparse decode = dense mask -------------------------------------------------------------------------------------
+
+def _dense_mask(s, k):
+  """The k largest per row, ties to the lower index (stable sort of -s), as a dense bool mask."""
+  idx = jnp.argsort(-s, axis=1, stable=True)[:, :k]
+  return jnp.zeros(s.shape, bool).at[jnp.arange(s.shape[0])[:, None], idx].set(True)
+
+
+def _dense_loss(params, x, cfg, dead):
+  """The dense-mask formulation written out: f = a on its row's top k else 0, x_hat = f @ W_dec + b_dec, + AuxK."""
+  a = jax.nn.relu((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"])
+  f = jnp.where(_dense_mask(a, cfg.k), a, 0.0)
+  x_hat = f @ params["W_dec"] + params["b_dec"]
+  mse = jnp.mean(jnp.sum(jnp.square(x_hat - x), -1))
+  e = jax.lax.stop_gradient(x - x_hat)
+  z = jnp.where(_dense_mask(jnp.where(dead, a, -jnp.inf), cfg.aux_k_effective) & dead, a, 0.0)
+  scale = cfg.aux_k_coefficient * jnp.minimum(jnp.sum(dead) / cfg.aux_k_effective, 1.0)
+  aux = scale * jnp.sum(jnp.square(z @ params["W_dec"] - e)) / jnp.sum(jnp.square(e - e.mean(0)))
+  return mse + aux, {"mse_loss": mse, "aux_loss": aux, "feature_fire_count": jnp.sum(f > 0, 0)}
+
+
+def _dense_step(cfg, params, adam_state, since_fired, x):
+  """One reference step: dense gradient, parallel part removed, torch clip, Adam, constant lr, unit rows."""
+  dead = since_fired >= cfg.dead_steps_threshold
+  (loss_value, parts), g = jax.value_and_grad(_dense_loss, has_aux=True)(params, x, cfg, dead)
+  w = params["W_dec"]
+  g["W_dec"] = g["W_dec"] - jnp.sum(g["W_dec"] * w, 1, keepdims=True) * w
+  norm = jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in g.values()))
+  g = {n: v * jnp.minimum(1.0, cfg.clip_grad_norm / (norm + 1e-6)) for n, v in g.items()}
+  updates, adam_state = optax.scale_by_adam(cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps).update(g, adam_state)
+  new = {n: params[n] - cfg.lr * updates[n] for n in params}
+  new["W_dec"] = new["W_dec"] / (jnp.linalg.norm(new["W_dec"], axis=1, keepdims=True) + jnp.finfo(jnp.float32).eps)
+  since_fired = jnp.where(parts["feature_fire_count"] > 0, 0, since_fired + 1)
+  return new, adam_state, since_fired, dict(parts, loss=loss_value, grad_norm=norm)
+
+
+def _put(mesh, cfg, params, x):
+  if mesh is None:
+    return params, x
+  return jax.device_put(params, param_shardings(cfg, mesh)), jax.device_put(x, NamedSharding(mesh, P("data", None)))
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (2, 4)])
+def test_sparse_decode_with_ties_equals_dense_mask_exactly(mesh_shape):
+  """Integer-valued x and params: a has many ties, including at the k-th place, and every sum is exact in float32,
+  so loss and gradients must match the dense formulation bit for bit (a different tie winner would change them).
+  """
+  mesh = shd.make_mesh(data=mesh_shape[0], model=mesh_shape[1]) if mesh_shape else None
+  cfg = _cfg(k=6)
+  rs = np.random.RandomState(0)
+  params = {"W_enc": rs.randint(-1, 2, (D, D_SAE)), "b_enc": rs.randint(-1, 2, D_SAE),
+            "W_dec": rs.randint(-2, 3, (D_SAE, D)), "b_dec": rs.randint(-1, 2, D)}
+  params = {n: jnp.asarray(v, jnp.float32) for n, v in params.items()}
+  x = jnp.asarray(rs.randint(-2, 3, (32, D)), jnp.float32)
+  a = np.maximum(np.asarray((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]), 0)
+  kth = -np.sort(-a, 1)[:, cfg.k - 1:cfg.k + 1]
+  assert np.sum(kth[:, 0] == kth[:, 1]) > 10 and np.all(kth[:, 0] > 0)  # ties straddle the cut in > 10 of 32 rows
+  no_dead = jnp.zeros(D_SAE, bool)
+  (ref_loss, ref_parts), ref_grads = jax.jit(jax.value_and_grad(_dense_loss, has_aux=True), static_argnums=2)(
+      params, x, cfg, no_dead)
+  sparams, sx = _put(mesh, cfg, params, x)
+  (got_loss, got_parts), got_grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=(2, 5))(
+      sparams, sx, cfg, 0, no_dead, mesh)
+  assert float(got_loss) == float(ref_loss)
+  np.testing.assert_array_equal(got_parts["feature_fire_count"], ref_parts["feature_fire_count"])
+  for n in params:
+    np.testing.assert_array_equal(got_grads[n], ref_grads[n], err_msg=n)
+  # And train steps from these params (the first one with the ties), tolerances as in the test below.
+  opt_state = init_train_state(cfg, jax.random.key(0))[1]
+  ref = (params, optax.scale_by_adam().init(params), jnp.zeros(D_SAE, jnp.int32))
+  step_fn, ref_step = jax.jit(make_train_step(cfg, mesh)), jax.jit(_dense_step, static_argnums=0)
+  for t in range(3):
+    sparams, opt_state, m = step_fn(sparams, opt_state, jnp.int32(t), sx)
+    *ref, rm = ref_step(cfg, *ref, x)
+    np.testing.assert_allclose(m["loss"], rm["loss"], rtol=1e-5)
+    for n in params:
+      np.testing.assert_allclose(sparams[n], ref[0][n], rtol=0, atol=1e-6, err_msg=f"step {t} {n}")
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (2, 4)])
+def test_sparse_decode_steps_equal_dense_mask_steps(mesh_shape):
+  """5 train steps (latents die after 2 steps, so AuxK joins in) against the dense reference, 1 device and 2 x 4.
+
+  The two differ only in summation order (k products instead of a d_sae-long dot with zeros, partial sums psummed
+  over shards, the pre-bias gradient summed over the batch first), i.e. float32 rounding: here losses differ by
+  <= 3e-7 relative and params (entries ~0.25 under unit rows) by <= 1.5e-7 absolute, ~5 ulp. The tolerances, rtol
+  1e-5 and atol 1e-6, leave ~5x margin.
+  """
+  mesh = shd.make_mesh(data=mesh_shape[0], model=mesh_shape[1]) if mesh_shape else None
+  cfg = _cfg(k=4, aux_k=8, dead_steps_threshold=2, lr=1e-2)
+  data = _batches(5, seed=11)[:, :32]
+  params, opt_state = init_train_state(cfg, jax.random.key(3))
+  ref = (params, optax.scale_by_adam().init(params), jnp.zeros(D_SAE, jnp.int32))
+  ref_step = jax.jit(_dense_step, static_argnums=0)
+  step_fn = jax.jit(make_train_step(cfg, mesh))
+  params, _ = _put(mesh, cfg, params, data[0])
+  for t, x in enumerate(data):
+    _, sx = _put(mesh, cfg, params, jnp.asarray(x))
+    params, opt_state, m = step_fn(params, opt_state, jnp.int32(t), sx)
+    *ref, rm = ref_step(cfg, *ref, jnp.asarray(x))
+    for key in ("loss", "mse_loss", "aux_loss", "grad_norm"):
+      np.testing.assert_allclose(m[key], rm[key], rtol=1e-5, atol=1e-7, err_msg=f"step {t} {key}")
+    np.testing.assert_array_equal(m["feature_fire_count"], rm["feature_fire_count"])
+    np.testing.assert_array_equal(opt_state.steps_since_fired, ref[2])
+    for n in params:
+      np.testing.assert_allclose(params[n], ref[0][n], rtol=0, atol=1e-6, err_msg=f"step {t} {n}")
+  assert float(m["aux_loss"]) > 0  # AuxK took part
+  if mesh is not None:
+    assert params["W_dec"].sharding.spec == P("model", None)
+
+
+def _dense_dots(jaxpr, size):
+  """Number of dot_generals of >= `size` multiply-adds, outside lax.cond branches (AuxK's stays dense)."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "cond":
+      continue
+    if eqn.primitive.name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      count += np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[i] for i in contract]) >= size
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+          count += _dense_dots(getattr(sub, "jaxpr", sub), size)
+  return count
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (2, 4)])
+def test_sparse_decode_leaves_no_dense_decoder_matmul(mesh_shape):
+  """The loss and its gradient have 2 [N, d_sae] x [d_sae, d_in]-sized dots, the encoder's forward x W_enc and
+  dW_enc. The dense formulation has 9: those, g_h W_enc^T for the pre-bias (topk sums it over the batch first),
+  the decoder's f W_dec, dW_dec = f^T g and g W_dec^T, and AuxK's 3 (topk's are in a cond, not counted). Under
+  the mesh the count is per shard (size / 4)."""
+  mesh = shd.make_mesh(data=mesh_shape[0], model=mesh_shape[1]) if mesh_shape else None
+  d_sae, n = 128, 24
+  cfg = _cfg(d_sae=d_sae)
+  params = init_sae_params(cfg, jax.random.key(0))
+  x, dead = jnp.zeros((n, D)), jnp.ones(d_sae, bool)
+  size = n * d_sae * D // (4 if mesh else 1)
+  sparse = jax.make_jaxpr(jax.value_and_grad(lambda p: loss(p, x, cfg, 0, dead, mesh)[0]))(params)
+  dense = jax.make_jaxpr(jax.value_and_grad(lambda p: _dense_loss(p, x, cfg, jnp.zeros(d_sae, bool))[0]))(params)
+  assert _dense_dots(sparse.jaxpr, size) == 2
+  assert _dense_dots(dense.jaxpr, n * d_sae * D) == 9
 
 
 # --- config and dispatch --------------------------------------------------------------------------------------------

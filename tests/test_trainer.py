@@ -87,6 +87,27 @@ def test_sharded_2x4_matches_one_device(tmp_path, architecture):
     np.testing.assert_allclose(sharded["params"][k], single["params"][k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ["standard", "topk"])
+def test_state_starts_sharded_as_it_stays(architecture):
+  """Adam's moments (and topk's counters) start split on `model` like the params: one compile, no replicated
+  copy on the first step."""
+  import jax.numpy as jnp
+  from sae_jax.sae.trainer import init_state_fn, make_jit_step, param_shardings
+  cfg, mesh = _cfg(architecture=architecture), shd.make_mesh(2, 1, 4)
+  params, opt_state = init_state_fn(cfg, mesh)(jax.random.PRNGKey(0))
+  inner = opt_state[1] if architecture == "standard" else opt_state.inner[1]
+  assert params["W_enc"].sharding.spec == jax.sharding.PartitionSpec(None, "model")
+  for name, p in params.items():
+    for moment in (inner.mu[name], inner.nu[name]):
+      assert moment.sharding.is_equivalent_to(p.sharding, p.ndim), name
+  step = make_jit_step(cfg, mesh)
+  fire = jax.device_put(jnp.zeros((D_SAE,), jnp.int32), param_shardings(cfg, mesh)["b_enc"])
+  x = jax.device_put(np.random.default_rng(0).normal(size=(BATCH, D)).astype(np.float32), shd.batch_sharding(mesh))
+  for t in range(3):
+    params, opt_state, _, fire = step(params, opt_state, jnp.int32(t), x, jnp.float32(1.0), fire)
+  assert step._cache_size() == 1
+
+
 def test_nan_in_activations_stops_with_step_and_count(tmp_path):
   # Chunks 0..7 feed the norm estimate (4 batches of 32 from 64-row chunks) and the first buffer refills.
   with pytest.raises(UserError, match=r"non-finite activations at step \d+: 1 NaN/inf values"):

@@ -18,10 +18,16 @@ def make_site_fn(model: Transformer, layer: int, site: str, mesh=None):
 
   Batches are sharded on the data axes; the forward never runs the layers past `layer`.
   """
-  model.cfg.validate_layer(layer)
+  graphdef, state = nnx.split(model)
+  run = site_forward(model.cfg, graphdef, layer, site, mesh)
+  return lambda tokens: run(state, tokens)
+
+
+def site_forward(cfg, graphdef, layer: int, site: str, mesh=None):
+  """The pure jitted `run(state, tokens)` behind `make_site_fn`; it also lowers with abstract state (aot.py)."""
+  cfg.validate_layer(layer)
   if site not in SITES:
     raise UserError(f"unknown site {site!r}: expected one of {SITES}")
-  graphdef, state = nnx.split(model)
   hooks = Hooks(capture=frozenset({(layer, site)}))
   out_sharding = shd.batch_sharding(mesh, 3) if mesh is not None else None
 
@@ -30,7 +36,7 @@ def make_site_fn(model: Transformer, layer: int, site: str, mesh=None):
     out = nnx.merge(graphdef, state)(tokens, hooks=hooks, stop_after_layer=layer)
     return out.captured[(layer, site)].astype(jnp.float32)
 
-  return lambda tokens: run(state, tokens)
+  return run
 
 
 class ActivationSource:

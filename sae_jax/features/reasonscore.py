@@ -30,7 +30,8 @@ PAPER_ALPHA = 0.7
 EPS = 1e-12
 ARRAYS = ("scores", "mu_pos", "mu_neg", "group_means", "entropy", "entropy_norm")
 META_FILE = "reasonscore.json"  # written last: its presence means the arrays beside it are complete
-_LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0, "log_threshold": 0}  # d_sae axis per tensor
+# The d_sae axis of every SAE tensor and accumulator array (split on `model` under a mesh).
+LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0, "log_threshold": 0, "sums": 1, "counts": None}
 _MAX_COUNT = 2**31 - 1  # counts are int32 on device
 
 
@@ -142,6 +143,38 @@ def reasonscore_dense(acts, tokens, vocab: Vocabulary, *, window=PAPER_WINDOW, m
                           _settings(window, mode, ignore_ids, tokens.size))
 
 
+def state_shapes(vocab: Vocabulary, d_sae: int) -> dict:
+  """The accumulator state: per-mask sums [2 + n_groups, d_sae] float32 and token counts [2 + n_groups] int32."""
+  n_rows = 2 + len(vocab.group_names)
+  return {"sums": jax.ShapeDtypeStruct((n_rows, d_sae), jnp.float32),
+          "counts": jax.ShapeDtypeStruct((n_rows,), jnp.int32)}
+
+
+def latent_sharding(shape, latent_axis, mesh):
+  """The accumulator's placement of an array: its d_sae axis (`latent_axis`, or None) split on `model`."""
+  axes = tuple("latent" if i == latent_axis else None for i in range(len(shape)))
+  return shd.logical_sharding(axes, shape, mesh)
+
+
+def make_step(vocab: Vocabulary, sae_cfg=False, *, window=PAPER_WINDOW, mode: str = "reference",
+              ignore_ids=PAPER_IGNORE_IDS, mesh=None):
+  """The accumulator's pure `step(state, params, tokens, acts) -> state`: adds one batch's per-mask sums/counts.
+
+  A module function (not a method) so launch/aot_compile.py can lower it with abstract arrays.
+  """
+
+  def step(state, params, tokens, acts):
+    rows = _mask_rows(reason_masks(tokens, vocab, window, mode, ignore_ids), jnp)
+    features = encode(params, acts.astype(jnp.float32), sae_cfg)
+    if mesh is not None:
+      features = jax.lax.with_sharding_constraint(
+          features, shd.logical_sharding(("batch", None, "latent"), features.shape, mesh))
+    sums = jnp.einsum("mbl,blf->mf", rows.astype(jnp.float32), features)
+    return {"sums": state["sums"] + sums, "counts": state["counts"] + rows.sum(axis=(1, 2), dtype=jnp.int32)}
+
+  return step
+
+
 class ReasonScoreAccumulator:
   """One pass over a corpus: `update(tokens, acts)` per batch of raw site activations, then `finalize()`.
 
@@ -162,13 +195,12 @@ class ReasonScoreAccumulator:
     self.ignore_ids = tuple(int(i) for i in ignore_ids)
     self.matmul_precision = matmul_precision
     self.n_tokens = 0
-    params = {k: self._place(v, _LATENT_AXIS.get(k)) for k, v in params.items()}
+    params = {k: self._place(v, LATENT_AXIS.get(k)) for k, v in params.items()}
     if fold:
       params = fold_W_dec_norm(params)
     self._params = {k: v for k, v in params.items() if k != "W_dec"}  # encoding never reads the decoder
-    n_rows = 2 + len(vocab.group_names)
-    self._state = {"sums": self._place(jnp.zeros((n_rows, self.d_sae), jnp.float32), 1),
-                   "counts": self._place(jnp.zeros((n_rows,), jnp.int32), None)}
+    self._state = {k: self._place(jnp.zeros(a.shape, a.dtype), LATENT_AXIS[k])
+                   for k, a in state_shapes(vocab, self.d_sae).items()}
     self._step = jax.jit(self._make_step(sae_cfg), donate_argnums=(0,))
 
   def _place(self, a, latent_axis):
@@ -178,22 +210,11 @@ class ReasonScoreAccumulator:
       a = a.astype(np.float32)
     if self.mesh is None:
       return jnp.asarray(a)
-    axes = tuple("latent" if i == latent_axis else None for i in range(a.ndim))
-    return jax.device_put(a, shd.logical_sharding(axes, a.shape, self.mesh))
+    return jax.device_put(a, latent_sharding(a.shape, latent_axis, self.mesh))
 
   def _make_step(self, sae_cfg):
-    vocab, window, mode, ignore_ids, mesh = self.vocab, self.window, self.mode, self.ignore_ids, self.mesh
-
-    def step(state, params, tokens, acts):
-      rows = _mask_rows(reason_masks(tokens, vocab, window, mode, ignore_ids), jnp)
-      features = encode(params, acts.astype(jnp.float32), sae_cfg)
-      if mesh is not None:
-        features = jax.lax.with_sharding_constraint(
-            features, shd.logical_sharding(("batch", None, "latent"), features.shape, mesh))
-      sums = jnp.einsum("mbl,blf->mf", rows.astype(jnp.float32), features)
-      return {"sums": state["sums"] + sums, "counts": state["counts"] + rows.sum(axis=(1, 2), dtype=jnp.int32)}
-
-    return step
+    return make_step(self.vocab, sae_cfg, window=self.window, mode=self.mode, ignore_ids=self.ignore_ids,
+                     mesh=self.mesh)
 
   def update(self, tokens, acts) -> None:
     """Adds one batch: tokens [B, L] ids, acts [B, L, d_in] raw site activations (e.g. from make_site_fn)."""

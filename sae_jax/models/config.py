@@ -1,4 +1,8 @@
-"""Model hyper-parameters read from a Hugging Face `config.json` (transformers v4 and v5 keys)."""
+"""Model hyper-parameters read from a Hugging Face `config.json` (transformers v4 and v5 keys).
+
+`KNOWN_HF_CONFIGS` holds the shapes of the paper's hub models, so plans (launch/aot_compile.py) and checks can
+know them offline; `peek_config` reads any source's shape without loading weights.
+"""
 
 import dataclasses
 import json
@@ -121,3 +125,47 @@ def _parse_rope_scaling(s: dict[str, Any] | None) -> RopeScaling | None:
       high_freq_factor=float(s["high_freq_factor"]),
       original_max_position_embeddings=int(s["original_max_position_embeddings"]),
   )
+
+
+_LLAMA31_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+    "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192},
+    "vocab_size": 128256, "tie_word_embeddings": False, "max_position_embeddings": 131072,
+    "bos_token_id": 128000, "eos_token_id": 128001, "hidden_act": "silu",
+}
+_QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "rms_norm_eps": 1e-6,
+          "rope_theta": 10000.0, "tie_word_embeddings": False, "max_position_embeddings": 131072,
+          "use_sliding_window": False, "hidden_act": "silu"}
+
+# The hub models of the paper (their config.json, the fields `from_hf_dict` reads), for offline shape checks.
+KNOWN_HF_CONFIGS = {
+    "deepseek-ai/DeepSeek-R1-Distill-Llama-8B": _LLAMA31_8B,
+    "meta-llama/Llama-3.1-8B": _LLAMA31_8B,
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": {
+        **_QWEN2, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+        "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936},
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": {
+        **_QWEN2, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
+}
+
+
+def peek_config(source: str) -> ModelConfig | None:
+  """The ModelConfig of a model source without loading weights, or None when only loading can tell.
+
+  Sources: a HF dir or converted checkpoint dir (both keep config.json), a .gguf file, or a hub id listed in
+  `KNOWN_HF_CONFIGS`. Other hub ids give None.
+  """
+  if os.path.isdir(source):
+    return ModelConfig.from_json(source)
+  if source.endswith(".gguf"):
+    if not os.path.exists(source):
+      raise UserError(f"no such GGUF file: {source}")
+    from sae_jax.models.loading import GGUFFile  # loading imports this module
+    return ModelConfig.from_hf_dict(GGUFFile(source).hf_config())
+  if source in KNOWN_HF_CONFIGS:
+    return ModelConfig.from_hf_dict(KNOWN_HF_CONFIGS[source])
+  return None

@@ -14,8 +14,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from sae_jax.activations.buffer import BufferState, ShuffleBuffer
 from sae_jax.errors import UserError
@@ -25,7 +26,7 @@ from sae_jax.sae.core import param_specs
 from sae_jax.sae.config import SAEConfig
 from sae_jax.sae.norm import estimate_norm_scaling_factor
 from sae_jax.sae.saelens_format import save_saelens
-from sae_jax.sae.train import init_train_state, make_train_step
+from sae_jax.sae.train import init_train_state, make_optimizer, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +80,50 @@ class BatchStream:
 
 
 def param_shardings(cfg: SAEConfig, mesh) -> dict:
-  """Latents on `model`, the rest replicated (the architecture's own parameter list)."""
-  return {n: NamedSharding(mesh, spec) for n, spec in param_specs(cfg).items()}
+  """Latents on `model`, the rest replicated (the architecture's own parameter list).
+
+  A replicated spec is spelled P(), as jit returns it: P(None,) would miss the step's cache on step 2.
+  """
+  return {n: NamedSharding(mesh, spec if any(spec) else PartitionSpec()) for n, spec in param_specs(cfg).items()}
+
+
+def make_jit_step(cfg: SAEConfig, mesh):
+  """The loop's jitted `(params, opt_state, step, x, s, fire_steps) -> (params, opt_state, metrics, fire_steps)`.
+
+  The train step on `s * x`, plus the non-finite count and per-feature steps-since-fired; params, optimizer
+  state and fire_steps are donated. Also what launch/aot_compile.py compiles.
+  """
+  step_fn = make_train_step(cfg, mesh)  # with a mesh, top-k selection stays on each latent shard
+
+  def step_with_checks(params, opt_state, step, x, s, fire_steps):
+    x = x * s
+    nonfinite = jnp.sum(~jnp.isfinite(x))
+    params, opt_state, m = step_fn(params, opt_state, step, x)
+    fired = m.pop("feature_fire_count")
+    fire_steps = jnp.where(fired > 0, 0, fire_steps + 1)  # steps since each feature last fired
+    return params, opt_state, dict(m, nonfinite=nonfinite, fired=fired), fire_steps
+
+  return jax.jit(step_with_checks, donate_argnums=(0, 1, 5))
+
+
+def state_shardings(cfg: SAEConfig, mesh) -> tuple:
+  """(params, opt_state) shardings: the optimizer's copies of the params sharded like them, per-latent counters
+  like b_enc, the rest replicated.
+
+  Left to XLA, Adam's zero moments came out replicated: every device held both whole on the first step (the
+  step returns them sharded, so the second step compiled again).
+  """
+  shardings = param_shardings(cfg, mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract = jax.eval_shape(lambda k: init_train_state(cfg, k)[1], jax.random.PRNGKey(0))
+  return shardings, optax.tree_map_params(
+      make_optimizer(cfg), lambda _, s: s, abstract, shardings,
+      transform_non_params=lambda a: shardings["b_enc"] if a.shape == (cfg.d_sae,) else replicated)
+
+
+def init_state_fn(cfg: SAEConfig, mesh):
+  """jitted key -> (params, opt_state) at step 0, placed by `state_shardings`."""
+  return jax.jit(lambda k: init_train_state(cfg, k), out_shardings=state_shardings(cfg, mesh))
 
 
 class _Stop:
@@ -128,26 +171,14 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
   """Trains (or resumes) and writes `opts.out_dir`/{checkpoints, metrics.jsonl, sae/ (SAELens format)}."""
   os.makedirs(opts.out_dir, exist_ok=True)
   mesh = mesh or shd.make_mesh(devices=jax.devices()[:1])
-  shardings = param_shardings(cfg, mesh)
-  step_fn = make_train_step(cfg, mesh)  # with a mesh, top-k selection stays on each latent shard
-
-  def step_with_checks(params, opt_state, step, x, s, fire_steps):
-    x = x * s
-    nonfinite = jnp.sum(~jnp.isfinite(x))
-    params, opt_state, m = step_fn(params, opt_state, step, x)
-    fired = m.pop("feature_fire_count")
-    fire_steps = jnp.where(fired > 0, 0, fire_steps + 1)  # steps since each feature last fired
-    return params, opt_state, dict(m, nonfinite=nonfinite, fired=fired), fire_steps
-
-  jit_step = jax.jit(step_with_checks, donate_argnums=(0, 1, 5))
+  jit_step = make_jit_step(cfg, mesh)
   manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(opts.out_dir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(max_to_keep=opts.keep_checkpoints, create=True))
 
   with jax.default_matmul_precision(opts.matmul_precision):
-    params, opt_state = jax.jit(lambda k: init_train_state(cfg, k),
-                                out_shardings=(shardings, None))(jax.random.PRNGKey(cfg.seed))
-    fire_steps = jnp.zeros((cfg.d_sae,), jnp.int32)
+    params, opt_state = init_state_fn(cfg, mesh)(jax.random.PRNGKey(cfg.seed))
+    fire_steps = jax.device_put(jnp.zeros((cfg.d_sae,), jnp.int32), param_shardings(cfg, mesh)["b_enc"])
     start = manager.latest_step()
     if start is not None:
       state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
