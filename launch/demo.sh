@@ -2,7 +2,8 @@
 # The pipeline on the embedded default (SmolLM2-135M-Instruct from a PyPI wheel), end to end on a CPU.
 # Stages: convert (GGUF -> Orbax), chat (greedy answer), parity vs HF transformers (torch), collect
 # activations (cached shards), train a standard SAE (SAELens semantics) and export it in SAELens format,
-# ReasonScore of every feature in one pass, static HTML dashboards of the top features.
+# ReasonScore of every feature in one pass, static HTML dashboards of the top features, and a TPU plan: the
+# paper's run AOT-compiled for a Cloud TPU topology (libtpu; no TPU needed) to check it fits.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 OUT="${DEMO_OUT:-runs/demo}"
@@ -14,37 +15,41 @@ HF_DIR="$(asset smollm2_hf)"
 PY=.venv/bin/python
 start=$(date +%s)
 
-echo "== [1/7] convert: $GGUF -> $OUT/model"
+echo "== [1/8] convert: $GGUF -> $OUT/model"
 $PY launch/convert.py --model="$GGUF" --out="$OUT/model" --dtype=float32 --verbosity=-1 \
   | tee "$OUT/convert.log"
 
-echo "== [2/7] chat: greedy answer from the converted checkpoint (bf16)"
+echo "== [2/8] chat: greedy answer from the converted checkpoint (bf16)"
 $PY launch/chat.py --model="$OUT/model" --dtype=bfloat16 --max_new_tokens=48 --verbosity=-1 \
   --prompt="What is the capital of France? Answer in one sentence." | tee "$OUT/chat.log"
 
-echo "== [3/7] parity: our model vs HF transformers (torch), float32"
+echo "== [3/8] parity: our model vs HF transformers (torch), float32"
 $PY launch/compare_reference.py --model="$OUT/model" --reference="$HF_DIR" --dtype=float32 --layer=19 --verbosity=-1 \
   --out="$OUT/parity.json" > /dev/null
 
-echo "== [4/7] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
+echo "== [4/8] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
 rm -rf "$OUT/acts"
 $PY launch/collect_activations.py --config=configs/demo_smollm2.py --config.model.path="$OUT/model" \
   --out="$OUT/acts" --shard_tokens=16384 --verbosity=-1 | tee "$OUT/collect.log"
 
-echo "== [5/7] train: standard SAE (576 -> 4608) from the cached shards"
+echo "== [5/8] train: standard SAE (576 -> 4608) from the cached shards"
 rm -rf "$OUT/sae_train"
 $PY launch/train_sae.py --config=configs/demo_smollm2.py --config.activations.cache_dir="$OUT/acts" \
   --config.model.path="$OUT/model" --config.trainer.out_dir="$OUT/sae_train" --config.trainer.progress=false --verbosity=-1 > "$OUT/train.log"
 
-echo "== [6/7] reason_score: every feature of the demo SAE on held-out demo problems"
+echo "== [6/8] reason_score: every feature of the demo SAE on held-out demo problems"
 $PY launch/reason_score.py --model="$OUT/model" --sae="$OUT/sae_train/sae" --out="$OUT/reasonscore" \
   --dtype=float32 --data="demo#n=150,seed=7" --context_size=128 --packing=clean --n_rows=0 --shuffle_seed=-1 \
   --batch_rows=16 --top_k=10 --verbosity=-1 > "$OUT/reasonscore.log"
 
-echo "== [7/7] dashboard: HTML pages of the top 10 features -> $OUT/dashboards/index.html"
+echo "== [7/8] dashboard: HTML pages of the top 10 features -> $OUT/dashboards/index.html"
 $PY launch/dashboard.py --model="$OUT/model" --sae="$OUT/sae_train/sae" --scores="$OUT/reasonscore" \
   --top_k=10 --out="$OUT/dashboards" --dtype=float32 --data="demo#n=150,seed=7" --context_size=128 \
   --packing=clean --n_rows=0 --batch_rows=16 --verbosity=-1 > "$OUT/dashboard.log"
+
+echo "== [8/8] plan: the paper's run (R1-Distill-Llama-8B, SAE 4096 -> 65536) AOT-compiled for TPU v5e:2x2, mesh model=4"
+$PY launch/aot_compile.py --topology=v5e:2x2 --config=configs/paper_r1_llama8b_l19.py --config.mesh.data=1 \
+  --config.mesh.model=4 --out="$OUT/plan_v5e_2x2.json" --verbosity=-1 > /dev/null
 
 $PY - "$OUT" "$start" <<'PY'
 import json, os, sys, time
@@ -72,5 +77,13 @@ print(f"score   : ReasonScore of {rs['features']} features over {rs['tokens']} t
 for t in rs["top"]:
   print(f"          feature {t['feature']:5d}  score {t['score']:.5f}  top words {', '.join(t['top_words'])}")
 print(f"pages   : {os.path.join(out, 'dashboards', 'index.html')} (open in a browser; no server needed)")
+plan = json.load(open(os.path.join(out, "plan_v5e_2x2.json")))
+gib = lambda b: f"{b / 2**30:.1f} GiB" if b is not None else "refused by XLA"  # noqa: E731
+stages = ", ".join(f"{name} {gib((st['bytes_per_device'] or {}).get('total'))}"
+                   for name, st in plan["stages"].items())
+runs = ", ".join(f"{name} {gib(r['bytes_per_device'])} ({'fits' if r['fits'] else 'does not fit'})"
+                 for name, r in plan["runs"].items())
+print(f"plan    : {plan['topology']} ({plan['device_kind']}, {gib(plan['hbm_per_device'])} per chip), per device: "
+      f"{stages}; whole scripts: {runs}")
 print(f"total   : {time.time() - start:.0f} s")
 PY
