@@ -111,3 +111,24 @@ def test_train_sae_on_the_fly(assets, tmp_path):
   ev = result["splice_eval"]
   assert ev["ce_loss_clean"] < ev["ce_loss_zero_ablation"] and ev["tokens"] > 0
   assert result["steps"] == 20
+
+
+def test_paper_config_is_the_paper_sae_and_other_architectures_get_their_defaults():
+  """REFERENCE.md section 5 values; `--config.sae.architecture=topk` gets topk's own defaults (pre-bias and unit
+  decoder, as OpenAI) unless overridden. The keys are typed, which is what lets the command line set them
+  (`--config.sae.apply_b_dec_to_input=false`, `--config.sae.k=64`)."""
+  from configs import paper_r1_llama8b_l19
+  from sae_jax.activations.pipeline import sae_config_from_config
+
+  c = paper_r1_llama8b_l19.get_config()
+  paper = sae_config_from_config(c)
+  assert (paper.architecture, paper.d_in, paper.d_sae, paper.lr, paper.l1_coefficient, paper.batch_size) == (
+      "standard", 4096, 65536, 5e-5, 5.0, 4096)
+  assert paper.apply_b_dec_to_input is False and paper.normalize_decoder is False  # SAELens' standard SAE
+  c.sae.architecture, c.sae.k = "topk", 64
+  topk = sae_config_from_config(c)
+  assert (topk.k, topk.apply_b_dec_to_input, topk.normalize_decoder) == (64, True, True)
+  c.sae.apply_b_dec_to_input = False
+  assert sae_config_from_config(c).apply_b_dec_to_input is False
+  with pytest.raises(TypeError):
+    c.sae.normalize_decoder = "yes"
