@@ -85,8 +85,6 @@ def reasonscore_settings(tokenizer) -> dict:
 def corpus_rows(tokenizer):
   """The token rows [n, context_size] the flags describe (shuffled only where the script has --shuffle_seed)."""
   from sae_jax.data.packing import extraction_rows
-  if FLAGS.n_rows < 0:
-    raise UserError(f"--n_rows must be >= 0, got {FLAGS.n_rows}")
   seed = FLAGS.shuffle_seed if "shuffle_seed" in FLAGS else -1
   return extraction_rows(FLAGS.data, tokenizer, FLAGS.context_size, FLAGS.packing, FLAGS.n_rows, seed)
 

@@ -84,7 +84,7 @@ def main(argv):
     if cfg is not None and cfg.hidden_size != sae.cfg.d_in:
       raise UserError(f"SAE d_in {sae.cfg.d_in} != model width {cfg.hidden_size}")
 
-  b_tokenizer = FLAGS.model_b or caches["B"].meta.get("tokenizer") or caches["B"].meta["model"]
+  b_tokenizer = FLAGS.model_b or caches["B"].tokenizer
   tokenizer = load_tokenizer(FLAGS.tokenizer or b_tokenizer)
   vocab = common_flags.vocabulary(tokenizer)
   settings = common_flags.reasonscore_settings(tokenizer)

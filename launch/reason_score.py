@@ -60,7 +60,7 @@ def main(argv):
   layer, site = common_flags.hook(sae)
   if FLAGS.activations:
     cache = common_flags.open_cache(FLAGS.activations, sae, layer, site)
-    tokenizer = load_tokenizer(FLAGS.tokenizer or cache.meta.get("tokenizer") or cache.meta["model"])
+    tokenizer = load_tokenizer(FLAGS.tokenizer or cache.tokenizer)
     settings = common_flags.reasonscore_settings(tokenizer)
     cache.check_ignored(settings["ignore_ids"])
     rows, site_fn = common_flags.head_rows(cache.rows), cache.site_fn()

@@ -12,11 +12,9 @@ import pytest
 
 from conftest import REPO
 
-pytest.importorskip("libtpu")  # pinned in requirements.txt on linux x86_64
-
-from configs import demo_smollm2, paper_r1_llama8b_l19  # noqa: E402
-from sae_jax import aot  # noqa: E402
-from sae_jax.errors import UserError  # noqa: E402
+from configs import demo_smollm2, paper_r1_llama8b_l19
+from sae_jax import aot
+from sae_jax.errors import UserError
 
 GIB = 2**30
 TPU_SCALAR_BYTES = 512  # the smallest TPU buffer: each scalar argument takes 512 bytes

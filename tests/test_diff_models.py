@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, _tiny_hf, collect_cache
+from conftest import REPO, _tiny_hf, collect_cache, selective_sae_dir
 from sae_jax.errors import UserError
 from sae_jax.features.diffing import (ARRAYS, FeatureStatsAccumulator, ModelDiff, check_pair, check_rows_fit,
                                       density_scatter_png, diff_stats, model_stats, png_bytes)
@@ -242,13 +242,6 @@ def smollm2_perturbed(assets, tmp_path_factory):
   return str(out)
 
 
-def _sae_dir(path, d_in):
-  cfg = SAEConfig(d_in=d_in, d_sae=256, hook_layer=5, exclude_special_tokens=(1, 2))
-  params = jax.tree.map(np.asarray, init_sae_params(cfg, jax.random.key(0)))
-  params["b_enc"] = params["b_enc"] - 0.5  # the heuristic init fires everywhere; make it selective
-  return save_saelens(str(path), params, cfg)
-
-
 CORPUS = ("--data=demo#n=8", "--context_size=64", "--packing=clean")
 
 
@@ -260,7 +253,7 @@ def _run(*args, corpus=CORPUS):
 
 
 def test_launch_end_to_end(assets, smollm2_perturbed, tmp_path):
-  sae = _sae_dir(tmp_path / "sae", 576)
+  sae = selective_sae_dir(tmp_path / "sae", 576)
   out = tmp_path / "diff"
   proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={smollm2_perturbed}", f"--sae={sae}", f"--out={out}")
   assert proc.returncode == 0, proc.stderr
@@ -285,12 +278,12 @@ def test_launch_end_to_end(assets, smollm2_perturbed, tmp_path):
 def test_launch_errors(assets, tmp_path):
   tiny = tmp_path / "tiny"
   _tiny_hf("llama").save_pretrained(str(tiny))
-  sae = _sae_dir(tmp_path / "sae576", 576)
+  sae = selective_sae_dir(tmp_path / "sae576", 576)
   proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={tiny}", f"--sae={sae}", f"--out={tmp_path / 'o'}")
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert lines[-1].startswith("error: model widths differ: A hidden_size 576, B 64")
-  sae = _sae_dir(tmp_path / "sae64", 64)
+  sae = selective_sae_dir(tmp_path / "sae64", 64)
   proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={assets.smollm2_hf}", f"--sae={sae}",
               f"--out={tmp_path / 'o'}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -300,7 +293,7 @@ def test_launch_errors(assets, tmp_path):
 def test_launch_from_a_cache_equals_running_the_model(assets, smollm2_perturbed, tmp_path):
   """B from a cache of its activations (collect_activations.py), A run live on the cache's rows."""
   from sae_jax.activations.shards import CachedRows
-  sae = _sae_dir(tmp_path / "sae", 576)
+  sae = selective_sae_dir(tmp_path / "sae", 576)
   cache_b = collect_cache(smollm2_perturbed, tmp_path / "acts_b", "demo#n=8")
   n_rows = len(CachedRows(cache_b).rows)
   common = (f"--sae={sae}", "--ignore_ids=0,1,2", f"--n_rows={n_rows}")

@@ -7,16 +7,7 @@ import sys
 
 import numpy as np
 
-from conftest import REPO, collect_cache
-from sae_jax.sae import SAEConfig, init_sae_params, save_saelens
-
-
-def _sae(path, d_in):
-  import jax
-  cfg = SAEConfig(d_in=d_in, d_sae=256, hook_layer=5, exclude_special_tokens=(1, 2))
-  params = jax.tree.map(np.asarray, init_sae_params(cfg, jax.random.key(0)))
-  params["b_enc"] = params["b_enc"] - 0.5  # the heuristic init fires everywhere; make it selective
-  return save_saelens(str(path), params, cfg)
+from conftest import REPO, collect_cache, selective_sae_dir
 
 
 CORPUS = ("--data=demo#n=12", "--context_size=64", "--packing=clean")
@@ -38,7 +29,7 @@ def _error_line(proc):
 
 
 def test_scores_every_feature(assets, tmp_path):
-  sae = _sae(tmp_path / "sae", 576)
+  sae = selective_sae_dir(tmp_path / "sae", 576)
   proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'rs'}")
   assert proc.returncode == 0, proc.stderr
   report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -52,11 +43,11 @@ def test_scores_every_feature(assets, tmp_path):
 
 
 def test_errors(assets, tmp_path):
-  sae = _sae(tmp_path / "sae", 64)
+  sae = selective_sae_dir(tmp_path / "sae", 64)
   proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'rs'}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert "SAE d_in 64 != model width 576" in proc.stderr.strip().splitlines()[-1]
-  sae = _sae(tmp_path / "sae576", 576)
+  sae = selective_sae_dir(tmp_path / "sae576", 576)
   vocab = tmp_path / "vocab.json"
   vocab.write_text(json.dumps(["Wait", ""]))
   proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'rs'}", f"--vocab={vocab}")
@@ -73,7 +64,7 @@ def test_scores_from_cached_activations_equal_the_model_pass(assets, tmp_path):
   cache = collect_cache(assets.smollm2_hf, tmp_path / "acts", "demo#n=12")
   n_rows = len(CachedRows(str(cache)).rows)
   assert n_rows >= 8
-  sae = _sae(tmp_path / "sae", 576)
+  sae = selective_sae_dir(tmp_path / "sae", 576)
   # The demo config leaves out ids 0, 1, 2; SmolLM2's BOS/EOS are 1 and 2, so 0 must be ignored too.
   line = _error_line(_run(f"--activations={cache}", f"--sae={sae}", f"--out={tmp_path / 'x'}", corpus=()))
   assert "left out token ids [0]" in line

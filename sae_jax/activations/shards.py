@@ -208,6 +208,11 @@ class CachedRows:
   def meta(self) -> dict:
     return self.manifest["meta"]
 
+  @property
+  def tokenizer(self) -> str:
+    """The tokenizer the rows were made with (the model's when the collection named none)."""
+    return self.meta.get("tokenizer") or self.meta["model"]
+
   def check_ignored(self, ignore_ids) -> None:
     """Uncached positions (zeros) are harmless only if the statistic ignores their ids too."""
     missing = sorted(set(self.exclude_ids) - {int(i) for i in ignore_ids})
