@@ -37,22 +37,14 @@ def compare(model, hf_model, tokenizer, prompts, layer: int) -> dict:
   """Runs both models on a right-padded batch of prompts and returns the parity report."""
   import numpy as np
   from flax import nnx
-  from sae_jax.generation import left_pad
   from sae_jax.models import parity
-  from sae_jax.models.transformer import Hooks
-  import jax
+  from sae_jax.models.inference import forward_captured, left_pad
 
   ids = [tokenizer(p)["input_ids"] for p in prompts]
   tokens, mask = left_pad(ids, tokenizer.pad_token_id or 0)
   graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def run(state, tokens, mask):
-    out = nnx.merge(graphdef, state)(tokens, attention_mask=mask,
-                                      hooks=Hooks(capture=frozenset({(layer, "resid_post")})))
-    return out.logits, out.captured[(layer, "resid_post")]
-
-  logits, site = run(state, tokens, mask)
+  logits, captured = forward_captured(graphdef, state, tokens, mask, frozenset({(layer, "resid_post")}))
+  site = captured[(layer, "resid_post")]
   ref_logits, ref_hidden = parity.hf_forward(hf_model, tokens, mask)
   return {
       "prompts": len(prompts),

@@ -1,42 +1,12 @@
 """The truncated forward that returns one hook site, and the token stream it turns into activations."""
 
-import functools
-from typing import Iterator
-
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
-from sae_jax.models.transformer import SITES, Hooks, Transformer
-
-
-def make_site_fn(model: Transformer, layer: int, site: str, mesh=None):
-  """jitted fn(tokens [B, T]) -> f32 activations [B, T, d] of `site` at `layer`; stops after `layer`.
-
-  Batches are sharded on the data axes; the forward never runs the layers past `layer`.
-  """
-  graphdef, state = nnx.split(model)
-  run = site_forward(model.cfg, graphdef, layer, site, mesh)
-  return lambda tokens: run(state, tokens)
-
-
-def site_forward(cfg, graphdef, layer: int, site: str, mesh=None):
-  """The pure jitted `run(state, tokens)` behind `make_site_fn`; it also lowers with abstract state (aot.py)."""
-  cfg.validate_layer(layer)
-  if site not in SITES:
-    raise UserError(f"unknown site {site!r}: expected one of {SITES}")
-  hooks = Hooks(capture=frozenset({(layer, site)}))
-  out_sharding = shd.batch_sharding(mesh, 3) if mesh is not None else None
-
-  @functools.partial(jax.jit, out_shardings=out_sharding)
-  def run(state, tokens):
-    out = nnx.merge(graphdef, state)(tokens, hooks=hooks, stop_after_layer=layer)
-    return out.captured[(layer, site)].astype(jnp.float32)
-
-  return run
+from sae_jax.models.inference import make_site_fn, site_forward  # noqa: F401  (the collector's forward)
+from sae_jax.models.transformer import Transformer
 
 
 class ActivationSource:

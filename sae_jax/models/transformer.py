@@ -48,12 +48,17 @@ class Hooks:
 
 @flax.struct.dataclass
 class KVCache:
-  """Per-layer keys/values [B, S, kv_heads, head_dim], which slots hold real tokens, and the write offset."""
+  """Per-layer keys/values [B, S, kv_heads, head_dim], which slots hold real tokens, and where each row writes.
+
+  Every row has its own write offset, so rows of one batch can hold sequences of different lengths (the
+  continuous-batching engine refills one row while the others keep decoding). A token's RoPE position is the
+  number of valid slots before it, so padding inside a row costs slots but never shifts positions.
+  """
 
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
   valid: jax.Array  # [B, S] bool
-  index: jax.Array  # int32 scalar: slots [0, index) are written
+  offset: jax.Array  # [B] int32: the next tokens of row b are written at slots [offset[b], offset[b] + T)
 
   @classmethod
   def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype) -> "KVCache":
@@ -62,8 +67,14 @@ class KVCache:
         k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
         v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
         valid=jnp.zeros((batch, max_len), bool),
-        index=jnp.zeros((), jnp.int32),
+        offset=jnp.zeros((batch,), jnp.int32),
     )
+
+
+def write_rows(buffer: jax.Array, update: jax.Array, offsets: jax.Array) -> jax.Array:
+  """buffer [B, S, ...] with update [B, T, ...] written at slot offsets[b] of each row b."""
+  return jax.vmap(lambda buf, upd, o: jax.lax.dynamic_update_slice_in_dim(buf, upd, o, axis=0))(
+      buffer, update, offsets)
 
 
 @flax.struct.dataclass
@@ -176,7 +187,7 @@ class Attention(nnx.Module):
                           f32_accumulate=True)
     self.precision = precision
 
-  def __call__(self, x, positions, inv_freq, key_valid, kv_cache, cache_index):
+  def __call__(self, x, positions, inv_freq, key_valid, kv_cache, cache_offset):
     """key_valid: [B, S] for the keys attended to; kv_cache: (k, v) of this layer or None."""
     cfg = self.cfg
     b, t, _ = x.shape
@@ -186,9 +197,8 @@ class Attention(nnx.Module):
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
     query_slot = jnp.arange(t)
     if kv_cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k, cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v, cache_index, axis=1)
-      query_slot = query_slot + cache_index
+      k, v = write_rows(kv_cache[0], k, cache_offset), write_rows(kv_cache[1], v, cache_offset)
+      query_slot = query_slot[None, :] + cache_offset[:, None]  # [B, T]
     kvh, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
     scale = 1 / math.sqrt(hd)
     qh = q.reshape(b, t, kvh, groups, hd).transpose(0, 2, 3, 1, 4)  # [B, Kv, G, T, D]
@@ -205,7 +215,7 @@ class Attention(nnx.Module):
       out = jnp.concatenate(blocks, axis=3) if len(blocks) > 1 else blocks[0]
     else:
       key_slot = jnp.arange(k.shape[1])
-      mask = (key_slot[None, :] <= query_slot[:, None])[None] & key_valid[:, None, :]  # [B, T, S]
+      mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_valid[:, None, :]  # [B, T, S]
       out = _attend(qh, kh, vh, mask, scale, self.precision)
     out = out.transpose(0, 3, 1, 2, 4)  # [B, T, Kv, G, D]
     out = self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
@@ -258,8 +268,8 @@ class Transformer(nnx.Module):
                hooks: Hooks | None = None, stop_after_layer: int | None = None) -> ForwardOutput:
     """tokens [B, T]. attention_mask [B, T] marks real tokens (left or right padding both work).
 
-    positions default to the count of real tokens before each one. With `cache`, the T tokens are written at
-    slots [cache.index, cache.index + T) and attend to every valid earlier slot. `stop_after_layer=L` runs
+    positions default to the count of real tokens before each one. With `cache`, row b's T tokens are written at
+    slots [cache.offset[b], cache.offset[b] + T) and attend to every valid earlier slot. `stop_after_layer=L` runs
     layers 0..L only and returns no logits (the activation collector's truncated forward).
     """
     cfg, hooks = self.cfg, hooks or Hooks()
@@ -273,7 +283,7 @@ class Transformer(nnx.Module):
         positions = positions + jnp.sum(cache.valid, axis=1, keepdims=True)
       positions = jnp.maximum(positions, 0)
     if cache is not None:
-      key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache.index, axis=1)
+      key_valid = write_rows(cache.valid, attention_mask, cache.offset)
     else:
       key_valid = attention_mask
     inv_freq = rope_inv_freq(cfg)
@@ -287,7 +297,7 @@ class Transformer(nnx.Module):
       x = hooks.apply(i, "resid_pre", x, captured)
       layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
       attn, kv = layer.self_attn(layer.input_layernorm(x), positions, inv_freq, key_valid, layer_cache,
-                                 None if cache is None else cache.index)
+                                 None if cache is None else cache.offset)
       if kv is not None:
         new_k.append(kv[0])
         new_v.append(kv[1])
@@ -305,5 +315,5 @@ class Transformer(nnx.Module):
       logits = self.lm_head(x)
     new_cache = None
     if cache is not None:
-      new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=key_valid, index=cache.index + t)
+      new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=key_valid, offset=cache.offset + t)
     return ForwardOutput(logits=logits, captured=captured, cache=new_cache)

@@ -4,6 +4,7 @@ CE-loss-recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean), as SAELens' `run_
 the reconstruction loses nothing the model uses downstream, 0 means it is as bad as deleting the site.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sae_jax.models.inference import forward_logits
 from sae_jax.models.transformer import Hooks, Transformer
 from sae_jax.sae import core
 from sae_jax.sae.config import SAEConfig
@@ -25,31 +27,52 @@ def _token_stats(logits, clean_logp, tokens, valid):
   return jnp.sum(ce * valid), jnp.sum(kl * valid)
 
 
+@jax.jit
+def _stats(clean, sae, zero, tokens, valid):
+  clean_logp = jax.nn.log_softmax(clean[:, :-1].astype(jnp.float32), axis=-1)
+  ce_clean, _ = _token_stats(clean, clean_logp, tokens, valid)
+  ce_sae, kl_sae = _token_stats(sae, clean_logp, tokens, valid)
+  ce_zero, kl_zero = _token_stats(zero, clean_logp, tokens, valid)
+  return jnp.stack([ce_clean, ce_sae, ce_zero, kl_sae, kl_zero, jnp.sum(valid)])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Splice:
+  """Static hook factory: the site replaced by the SAE reconstruction (`args` = (params, scale)) or by zeros."""
+
+  layer: int
+  site: str
+  sae_cfg: SAEConfig | None = None
+  zero: bool = False
+
+  def __call__(self, args) -> Hooks:
+    if self.zero:
+      return Hooks(transforms={(self.layer, self.site): jnp.zeros_like})
+    params, scale = args
+
+    def reconstruct(x):
+      xs = x.astype(jnp.float32) * scale
+      return core.decode(params, core.encode(params, xs, self.sae_cfg if self.sae_cfg is not None else False)) / scale
+
+    return Hooks(transforms={(self.layer, self.site): reconstruct})
+
+
 def make_splice_eval(model: Transformer, layer: int, site: str, sae_cfg: SAEConfig | None = None):
-  """jitted fn(sae_params, scale, tokens, valid) -> (sums of CE clean/sae/zero, KL sae/zero, count).
+  """fn(sae_params, scale, tokens, valid) -> (sums of CE clean/sae/zero, KL sae/zero, count).
 
   `sae_params` act on `scale * x` (pass the trainer's unfolded params with s, or folded params with 1).
   `sae_cfg` selects the architecture's encoder (None: the standard SAE without b_dec on the input).
   """
   graphdef, state = nnx.split(model)
+  splice, zero = _Splice(layer, site, sae_cfg), _Splice(layer, site, zero=True)
 
-  def reconstruct(params, scale, x):
-    xs = x.astype(jnp.float32) * scale
-    return core.decode(params, core.encode(params, xs, sae_cfg if sae_cfg is not None else False)) / scale
+  def run(params, scale, tokens, valid):
+    clean = forward_logits(graphdef, state, tokens, None)
+    sae = forward_logits(graphdef, state, tokens, None, (params, scale), make_hooks=splice)
+    zeroed = forward_logits(graphdef, state, tokens, None, make_hooks=zero)
+    return _stats(clean, sae, zeroed, tokens, valid)
 
-  @jax.jit
-  def run(state, params, scale, tokens, valid):
-    m = nnx.merge(graphdef, state)
-    clean = m(tokens).logits
-    sae = m(tokens, hooks=Hooks(transforms={(layer, site): lambda x: reconstruct(params, scale, x)})).logits
-    zero = m(tokens, hooks=Hooks(transforms={(layer, site): jnp.zeros_like})).logits
-    clean_logp = jax.nn.log_softmax(clean[:, :-1].astype(jnp.float32), axis=-1)
-    ce_clean, _ = _token_stats(clean, clean_logp, tokens, valid)
-    ce_sae, kl_sae = _token_stats(sae, clean_logp, tokens, valid)
-    ce_zero, kl_zero = _token_stats(zero, clean_logp, tokens, valid)
-    return jnp.stack([ce_clean, ce_sae, ce_zero, kl_sae, kl_zero, jnp.sum(valid)])
-
-  return functools.partial(run, state)
+  return run
 
 
 def splice_metrics(model: Transformer, sae_params, token_batches, layer: int, site: str = "resid_post",

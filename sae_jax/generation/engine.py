@@ -1,0 +1,188 @@
+"""Continuous-batching generation on the jitted prefill / insert / decode steps of `models.inference`.
+
+A fixed number of slots decode together; when a row finishes (a stop id, a stop string, or its token budget)
+the next pending prompt is prefilled into that slot at once, as vLLM does, instead of waiting for the longest
+row of a static batch. Prompt lengths are bucketed (powers of two), so prompts of any length and outputs of any
+length reuse a handful of compiled programs.
+"""
+
+import collections
+import dataclasses
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sae_jax.errors import UserError
+from sae_jax.generation import sampling
+from sae_jax.models import inference
+from sae_jax.models import sharding as shd
+from sae_jax.models.transformer import Transformer
+
+MIN_BUCKET = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One sample to generate. `key` comes from `sampling.sample_key(seed, problem id, sample index)`."""
+
+  id: Any
+  prompt: tuple[int, ...]
+  max_new_tokens: int
+  key: tuple[int, int] = (0, 0)
+  temperature: float = 0.0  # 0: greedy
+  top_p: float = 1.0
+  top_k: int = 0
+  stop_ids: tuple[int, ...] = ()
+  stop_strings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  id: Any
+  tokens: list[int]  # generated ids; a stop id that ended the row is kept
+  text: str | None  # decoded, cut before the first stop string (None without a decoder)
+  finish_reason: str  # "stop_id" | "stop_string" | "length"
+  prompt_tokens: int
+
+
+def bucket(length: int, max_len: int) -> int:
+  """The prefill length for a prompt: the next power of two >= length (at least MIN_BUCKET), capped at max_len."""
+  b = MIN_BUCKET
+  while b < length:
+    b *= 2
+  return min(b, max_len)
+
+
+class Engine:
+  """Generates many requests on `slots` rows of one KV cache of `max_len` tokens per row.
+
+  `make_hooks` / `hook_args` fold a transform (steering) into every prefill and decode step; `hook_args` is
+  traced, so another strength or feature reuses the compiled steps. `decode(ids) -> str` is needed for stop
+  strings and result text.
+  """
+
+  def __init__(self, model: Transformer, slots: int, max_len: int, *, mesh=None, make_hooks=None,
+               decode: Callable[[list[int]], str] | None = None, progress: Callable[[dict], None] | None = None):
+    if slots < 1 or max_len < 2:
+      raise UserError(f"the engine needs at least 1 slot and 2 tokens per row, got slots={slots} max_len={max_len}")
+    self.cfg = model.cfg
+    self.graphdef, self.state = nnx.split(model)
+    self.slots, self.max_len, self.mesh = slots, max_len, mesh
+    self.make_hooks, self.decode, self.progress = make_hooks, decode, progress
+    self.dtype = model.dtype
+    self._sample_one = jax.jit(sampling.sample)
+
+  def _place(self, x):
+    return jax.device_put(x, shd.logical_sharding(("batch",), x.shape, self.mesh)) if self.mesh is not None else x
+
+  def generate(self, requests: Iterable[Request], hook_args=None) -> Iterator[Result]:
+    """Yields each request's Result as soon as it finishes (not in request order)."""
+    pending = collections.deque(requests)
+    for r in pending:
+      self._check(r)
+    total, done, generated_tokens, start = len(pending), 0, 0, time.time()
+    n = self.slots
+    cache = inference.new_cache(self.cfg, n, self.max_len, self.dtype, self.mesh)
+    slot_req: list[Request | None] = [None] * n
+    out: list[list[int]] = [[] for _ in range(n)]
+    cur = np.zeros(n, np.int32)
+    temp, top_p = np.zeros(n, np.float32), np.ones(n, np.float32)
+    top_k, keys = np.zeros(n, np.int32), np.zeros((n, 2), np.uint32)
+    while pending or any(r is not None for r in slot_req):
+      for s in range(n):  # refill every free slot before the next decode step
+        while slot_req[s] is None and pending:
+          req = pending.popleft()
+          first, cache = self._prefill(cache, s, req, hook_args)
+          slot_req[s], out[s], cur[s] = req, [first], first
+          temp[s], top_p[s], top_k[s], keys[s] = req.temperature, req.top_p, req.top_k, req.key
+          finished = self._finished(req, out[s])
+          if finished:
+            done, generated_tokens = done + 1, generated_tokens + len(out[s])
+            yield self._result(req, out[s], finished)
+            slot_req[s] = None
+      active = np.array([r is not None for r in slot_req])
+      if not active.any():
+        continue
+      steps = np.array([len(o) for o in out], np.int32)
+      args = sampling.SamplerArgs(temperature=self._place(temp), top_p=self._place(top_p),
+                                  top_k=self._place(top_k), key=self._place(keys), step=self._place(steps))
+      nxt, cache = inference.decode_step(self.graphdef, self.state, cache, self._place(cur), self._place(active),
+                                         hook_args, args, make_hooks=self.make_hooks, sampler=sampling.sample)
+      nxt = np.asarray(nxt)
+      for s in np.flatnonzero(active):
+        req = slot_req[s]
+        out[s].append(int(nxt[s]))
+        cur[s] = nxt[s]
+        finished = self._finished(req, out[s])
+        if finished:
+          done, generated_tokens = done + 1, generated_tokens + len(out[s])
+          yield self._result(req, out[s], finished)
+          slot_req[s] = None
+      if self.progress is not None:
+        busy = sum(r is not None for r in slot_req)
+        self.progress({"done": done, "total": total, "busy_slots": busy, "slots": n,
+                       "generated_tokens": generated_tokens + sum(len(o) for o, r in zip(out, slot_req) if r),
+                       "seconds": time.time() - start})
+
+  def _check(self, r: Request) -> None:
+    if len(r.prompt) < 1:
+      raise UserError(f"request {r.id!r} has an empty prompt")
+    if len(r.prompt) >= self.max_len:
+      raise UserError(f"request {r.id!r}: prompt of {len(r.prompt)} tokens does not fit rows of {self.max_len}")
+    if r.max_new_tokens < 1:
+      raise UserError(f"request {r.id!r}: max_new_tokens must be positive, got {r.max_new_tokens}")
+    if any(not s for s in r.stop_strings):
+      raise UserError(f"request {r.id!r}: a stop string is empty")
+    if r.stop_strings and self.decode is None:
+      raise UserError("stop strings need a tokenizer (the engine's `decode`)")
+
+  def _prefill(self, cache, slot: int, req: Request, hook_args):
+    p = bucket(len(req.prompt), self.max_len)
+    tokens = np.zeros((1, p), np.int32)
+    tokens[0, :len(req.prompt)] = req.prompt
+    lengths = np.array([len(req.prompt)], np.int32)
+    logits, prompt_cache = inference.prefill(self.graphdef, self.state, tokens, lengths, hook_args,
+                                             make_hooks=self.make_hooks)
+    args = sampling.SamplerArgs(temperature=jnp.float32([req.temperature]), top_p=jnp.float32([req.top_p]),
+                                top_k=jnp.int32([req.top_k]), key=jnp.asarray([req.key], jnp.uint32),
+                                step=jnp.zeros((1,), jnp.int32))
+    first = int(self._sample_one(logits, args)[0])
+    cache = inference.insert(cache, prompt_cache, jnp.int32([slot]), jnp.asarray(lengths))
+    return first, cache
+
+  def _budget(self, req: Request) -> int:
+    return min(req.max_new_tokens, self.max_len - len(req.prompt))
+
+  def _finished(self, req: Request, toks: list[int]) -> str | None:
+    if toks[-1] in req.stop_ids:
+      return "stop_id"
+    if req.stop_strings:
+      longest = max(len(s) for s in req.stop_strings)
+      tail = self.decode(toks[-(longest + 2):])
+      if any(s in tail for s in req.stop_strings):
+        return "stop_string"
+    if len(toks) >= self._budget(req):
+      return "length"
+    return None
+
+  def _result(self, req: Request, toks: list[int], reason: str) -> Result:
+    text = self.decode(toks) if self.decode is not None else None
+    if text is not None and req.stop_strings:
+      cuts = [text.find(s) for s in req.stop_strings if s in text]
+      text = text[:min(cuts)] if cuts else text
+    return Result(id=req.id, tokens=list(toks), text=text, finish_reason=reason, prompt_tokens=len(req.prompt))
+
+
+def greedy_generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int, eos_ids=(),
+                    pad_id: int = 0, slots: int | None = None) -> list[list[int]]:
+  """Greedy continuation of each prompt, in prompt order (stops at the first EOS id, which is kept)."""
+  del pad_id  # rows are right-aligned in their own cache slots: no padding token is ever fed
+  longest = max(len(p) for p in prompts)
+  engine = Engine(model, slots or len(prompts), longest + max_new_tokens)
+  results = {r.id: r.tokens for r in engine.generate(
+      Request(i, tuple(int(t) for t in p), max_new_tokens, stop_ids=tuple(eos_ids)) for i, p in enumerate(prompts))}
+  return [results[i] for i in range(len(prompts))]
