@@ -77,3 +77,34 @@ def selective_sae_dir(path, d_in: int, hook_layer: int = 5) -> str:
   params = jax.tree.map(np.asarray, init_sae_params(cfg, jax.random.key(0)))
   params["b_enc"] = params["b_enc"] - 0.5  # the heuristic init fires everywhere; make it selective
   return save_saelens(str(path), params, cfg)
+
+
+class CompileCounter:
+  """Counts XLA backend compiles per jitted function name while active (what "one compile" means in tests)."""
+
+  _active: list = []
+  _registered = False
+
+  def __init__(self):
+    self.counts: dict[str, int] = {}
+
+  def __enter__(self):
+    if not CompileCounter._registered:
+      from jax import monitoring
+      monitoring.register_event_duration_secs_listener(CompileCounter._listen)
+      CompileCounter._registered = True
+    CompileCounter._active.append(self)
+    return self
+
+  def __exit__(self, *exc):
+    CompileCounter._active.remove(self)
+
+  @staticmethod
+  def _listen(name, duration, fun_name="", **kwargs):
+    del duration, kwargs
+    if name == "/jax/core/compile/backend_compile_duration":
+      for counter in CompileCounter._active:
+        counter.counts[fun_name] = counter.counts.get(fun_name, 0) + 1
+
+  def __getitem__(self, fun_name: str) -> int:
+    return self.counts.get(f"jit({fun_name})", 0)

@@ -49,6 +49,14 @@ class Result:
   prompt_tokens: int
 
 
+def _mesh_of(state):
+  for leaf in jax.tree.leaves(state):
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      return sharding.mesh
+  return None
+
+
 def bucket(length: int, max_len: int) -> int:
   """The prefill length for a prompt: the next power of two >= length (at least MIN_BUCKET), capped at max_len."""
   b = MIN_BUCKET
@@ -71,10 +79,14 @@ class Engine:
       raise UserError(f"the engine needs at least 1 slot and 2 tokens per row, got slots={slots} max_len={max_len}")
     self.cfg = model.cfg
     self.graphdef, self.state = nnx.split(model)
-    self.slots, self.max_len, self.mesh = slots, max_len, mesh
+    self.slots, self.max_len = slots, max_len
+    # The cache and the step inputs live on the weights' mesh (a 1-device one when the model was loaded without
+    # a mesh), so every call of a step sees the same input shardings and the steps compile once.
+    self.mesh = mesh if mesh is not None else _mesh_of(self.state)
     self.make_hooks, self.decode, self.progress = make_hooks, decode, progress
     self.dtype = model.dtype
     self._sample_one = jax.jit(sampling.sample)
+    self._cache = None
 
   def _place(self, x):
     return jax.device_put(x, shd.logical_sharding(("batch",), x.shape, self.mesh)) if self.mesh is not None else x
@@ -86,47 +98,52 @@ class Engine:
       self._check(r)
     total, done, generated_tokens, start = len(pending), 0, 0, time.time()
     n = self.slots
-    cache = inference.new_cache(self.cfg, n, self.max_len, self.dtype, self.mesh)
+    cache, self._cache = self._cache, None  # donated through the steps; kept for the next call
+    if cache is None:
+      cache = inference.new_cache(self.cfg, n, self.max_len, self.dtype, self.mesh)
     slot_req: list[Request | None] = [None] * n
     out: list[list[int]] = [[] for _ in range(n)]
     cur = np.zeros(n, np.int32)
     temp, top_p = np.zeros(n, np.float32), np.ones(n, np.float32)
     top_k, keys = np.zeros(n, np.int32), np.zeros((n, 2), np.uint32)
-    while pending or any(r is not None for r in slot_req):
-      for s in range(n):  # refill every free slot before the next decode step
-        while slot_req[s] is None and pending:
-          req = pending.popleft()
-          first, cache = self._prefill(cache, s, req, hook_args)
-          slot_req[s], out[s], cur[s] = req, [first], first
-          temp[s], top_p[s], top_k[s], keys[s] = req.temperature, req.top_p, req.top_k, req.key
+    try:
+      while pending or any(r is not None for r in slot_req):
+        for s in range(n):  # refill every free slot before the next decode step
+          while slot_req[s] is None and pending:
+            req = pending.popleft()
+            first, cache = self._prefill(cache, s, req, hook_args)
+            slot_req[s], out[s], cur[s] = req, [first], first
+            temp[s], top_p[s], top_k[s], keys[s] = req.temperature, req.top_p, req.top_k, req.key
+            finished = self._finished(req, out[s])
+            if finished:
+              done, generated_tokens = done + 1, generated_tokens + len(out[s])
+              yield self._result(req, out[s], finished)
+              slot_req[s] = None
+        active = np.array([r is not None for r in slot_req])
+        if not active.any():
+          continue
+        steps = np.array([len(o) for o in out], np.int32)
+        args = sampling.SamplerArgs(temperature=self._place(temp), top_p=self._place(top_p),
+                                    top_k=self._place(top_k), key=self._place(keys), step=self._place(steps))
+        nxt, cache = inference.decode_step(self.graphdef, self.state, cache, self._place(cur), self._place(active),
+                                           hook_args, args, make_hooks=self.make_hooks, sampler=sampling.sample)
+        nxt = np.asarray(nxt)
+        for s in np.flatnonzero(active):
+          req = slot_req[s]
+          out[s].append(int(nxt[s]))
+          cur[s] = nxt[s]
           finished = self._finished(req, out[s])
           if finished:
             done, generated_tokens = done + 1, generated_tokens + len(out[s])
             yield self._result(req, out[s], finished)
             slot_req[s] = None
-      active = np.array([r is not None for r in slot_req])
-      if not active.any():
-        continue
-      steps = np.array([len(o) for o in out], np.int32)
-      args = sampling.SamplerArgs(temperature=self._place(temp), top_p=self._place(top_p),
-                                  top_k=self._place(top_k), key=self._place(keys), step=self._place(steps))
-      nxt, cache = inference.decode_step(self.graphdef, self.state, cache, self._place(cur), self._place(active),
-                                         hook_args, args, make_hooks=self.make_hooks, sampler=sampling.sample)
-      nxt = np.asarray(nxt)
-      for s in np.flatnonzero(active):
-        req = slot_req[s]
-        out[s].append(int(nxt[s]))
-        cur[s] = nxt[s]
-        finished = self._finished(req, out[s])
-        if finished:
-          done, generated_tokens = done + 1, generated_tokens + len(out[s])
-          yield self._result(req, out[s], finished)
-          slot_req[s] = None
-      if self.progress is not None:
-        busy = sum(r is not None for r in slot_req)
-        self.progress({"done": done, "total": total, "busy_slots": busy, "slots": n,
-                       "generated_tokens": generated_tokens + sum(len(o) for o, r in zip(out, slot_req) if r),
-                       "seconds": time.time() - start})
+        if self.progress is not None:
+          busy = sum(r is not None for r in slot_req)
+          self.progress({"done": done, "total": total, "busy_slots": busy, "slots": n,
+                         "generated_tokens": generated_tokens + sum(len(o) for o, r in zip(out, slot_req) if r),
+                         "seconds": time.time() - start})
+    finally:
+      self._cache = cache
 
   def _check(self, r: Request) -> None:
     if len(r.prompt) < 1:

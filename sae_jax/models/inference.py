@@ -95,10 +95,13 @@ def cache_shardings(cfg: ModelConfig, mesh, slots: int, max_len: int) -> KVCache
 
 def new_cache(cfg: ModelConfig, slots: int, max_len: int, dtype, mesh=None) -> KVCache:
   """An empty decode cache, created directly on its shardings (no host copy of a multi-GiB buffer)."""
+  return _cache_maker(cfg, slots, max_len, jnp.dtype(dtype), mesh)()
+
+
+@functools.lru_cache(maxsize=16)
+def _cache_maker(cfg, slots, max_len, dtype, mesh):
   make = functools.partial(KVCache.zeros, cfg, slots, max_len, dtype)
-  if mesh is None:
-    return jax.jit(make)()
-  return jax.jit(make, out_shardings=cache_shardings(cfg, mesh, slots, max_len))()
+  return jax.jit(make, out_shardings=cache_shardings(cfg, mesh, slots, max_len) if mesh is not None else None)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "make_hooks"))
