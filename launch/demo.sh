@@ -3,7 +3,8 @@
 # Stages: convert (GGUF -> Orbax), chat (greedy answer), parity vs HF transformers (torch), collect
 # activations (cached shards), train a standard SAE (SAELens semantics) and export it in SAELens format,
 # ReasonScore of every feature in one pass, static HTML dashboards of the top features, and a TPU plan: the
-# paper's run AOT-compiled for a Cloud TPU topology (libtpu; no TPU needed) to check it fits.
+# paper's run AOT-compiled for a Cloud TPU topology (libtpu; no TPU needed) to check it fits, and the steering
+# evaluation: baseline vs the top ReasonScore feature steered, on offline arithmetic problems.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 OUT="${DEMO_OUT:-runs/demo}"
@@ -15,41 +16,48 @@ HF_DIR="$(asset smollm2_hf)"
 PY=.venv/bin/python
 start=$(date +%s)
 
-echo "== [1/8] convert: $GGUF -> $OUT/model"
+echo "== [1/9] convert: $GGUF -> $OUT/model"
 $PY launch/convert.py --model="$GGUF" --out="$OUT/model" --dtype=float32 --verbosity=-1 \
   | tee "$OUT/convert.log"
 
-echo "== [2/8] chat: greedy answer from the converted checkpoint (bf16)"
+echo "== [2/9] chat: greedy answer from the converted checkpoint (bf16)"
 $PY launch/chat.py --model="$OUT/model" --dtype=bfloat16 --max_new_tokens=48 --verbosity=-1 \
   --prompt="What is the capital of France? Answer in one sentence." | tee "$OUT/chat.log"
 
-echo "== [3/8] parity: our model vs HF transformers (torch), float32"
+echo "== [3/9] parity: our model vs HF transformers (torch), float32"
 $PY launch/compare_reference.py --model="$OUT/model" --reference="$HF_DIR" --dtype=float32 --layer=19 --verbosity=-1 \
   --out="$OUT/parity.json" > /dev/null
 
-echo "== [4/8] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
+echo "== [4/9] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
 rm -rf "$OUT/acts"
 $PY launch/collect_activations.py --config=configs/demo_smollm2.py --config.model.path="$OUT/model" \
   --out="$OUT/acts" --shard_tokens=16384 --verbosity=-1 | tee "$OUT/collect.log"
 
-echo "== [5/8] train: standard SAE (576 -> 4608) from the cached shards"
+echo "== [5/9] train: standard SAE (576 -> 4608) from the cached shards"
 rm -rf "$OUT/sae_train"
 $PY launch/train_sae.py --config=configs/demo_smollm2.py --config.activations.cache_dir="$OUT/acts" \
   --config.model.path="$OUT/model" --config.trainer.out_dir="$OUT/sae_train" --config.trainer.progress=false --verbosity=-1 > "$OUT/train.log"
 
-echo "== [6/8] reason_score: every feature of the demo SAE on held-out demo problems"
+echo "== [6/9] reason_score: every feature of the demo SAE on held-out demo problems"
 $PY launch/reason_score.py --model="$OUT/model" --sae="$OUT/sae_train/sae" --out="$OUT/reasonscore" \
   --dtype=float32 --data="demo#n=150,seed=7" --context_size=128 --packing=clean --n_rows=0 --shuffle_seed=-1 \
   --batch_rows=16 --top_k=10 --verbosity=-1 > "$OUT/reasonscore.log"
 
-echo "== [7/8] dashboard: HTML pages of the top 10 features -> $OUT/dashboards/index.html"
+echo "== [7/9] dashboard: HTML pages of the top 10 features -> $OUT/dashboards/index.html"
 $PY launch/dashboard.py --model="$OUT/model" --sae="$OUT/sae_train/sae" --scores="$OUT/reasonscore" \
   --top_k=10 --out="$OUT/dashboards" --dtype=float32 --data="demo#n=150,seed=7" --context_size=128 \
   --packing=clean --n_rows=0 --batch_rows=16 --verbosity=-1 > "$OUT/dashboard.log"
 
-echo "== [8/8] plan: the paper's run (R1-Distill-Llama-8B, SAE 4096 -> 65536) AOT-compiled for TPU v5e:2x2, mesh model=4"
+echo "== [8/9] plan: the paper's run (R1-Distill-Llama-8B, SAE 4096 -> 65536) AOT-compiled for TPU v5e:2x2, mesh model=4"
 $PY launch/aot_compile.py --topology=v5e:2x2 --config=configs/paper_r1_llama8b_l19.py --config.mesh.data=1 \
   --config.mesh.model=4 --out="$OUT/plan_v5e_2x2.json" --verbosity=-1 > /dev/null
+
+echo "== [9/9] evaluate: baseline vs steering the top ReasonScore feature on offline arithmetic problems"
+TOP="$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['feature'])" "$OUT/reasonscore/top_k.json")"
+rm -rf "$OUT/eval"
+$PY launch/evaluate.py --config=configs/eval_demo_smollm2.py --config.model.path="$OUT/model" \
+  --config.steering.sae="$OUT/sae_train/sae" --config.steering.features="($TOP,)" \
+  --config.steering.dashboard="$OUT/dashboards" --out="$OUT/eval" --verbosity=-1 > "$OUT/evaluate.log" 2>&1
 
 $PY - "$OUT" "$start" <<'PY'
 import json, os, sys, time
@@ -85,5 +93,23 @@ runs = ", ".join(f"{name} {gib(r['bytes_per_device'])} ({'fits' if r['fits'] els
                  for name, r in plan["runs"].items())
 print(f"plan    : {plan['topology']} ({plan['device_kind']}, {gib(plan['hbm_per_device'])} per chip), per device: "
       f"{stages}; whole scripts: {runs}")
+ev = json.load(open(os.path.join(out, "eval", "summary.json")))
+steer = json.load(open(os.path.join(out, "eval", "steering.json")))
+for d in steer:
+  f = d["per_feature"][0]
+  print(f"steer   : {d['setting']}: feature {f['feature']} ({d['method']}, {d['site']}, {d['units']} units), "
+        f"c = {f['target']:.3f} = strength {f['strength']:g} x dashboard max {f['max_activation']:.3f}, "
+        f"|W_dec row| {f['row_norm']:.3f}, steering vector norm {f['vector_norm']:.3f}")
+for task in ev["tasks"]:
+  for s in ev["settings"]:
+    e = ev["results"].get(s["name"], {}).get(task)
+    if e is None:
+      continue
+    g = e["primary_grader"]
+    p = e["graders"][g]["pass@1"]
+    print(f"eval    : {task} {s['name']:>10}: pass@1 {100 * p['mean']:5.1f}% [{100 * p['ci_low']:.1f}, "
+          f"{100 * p['ci_high']:.1f}] ({g}, {e['n_problems']} problems), mean length "
+          f"{e['total_tokens']['mean']:.1f} tokens, {e['n_truncated']} hit the limit")
+print(f"report  : {os.path.join(out, 'eval', 'report.md')}")
 print(f"total   : {time.time() - start:.0f} s")
 PY

@@ -422,8 +422,8 @@ def test_demo_corpus_chat_template_and_packing(assets, smol):
   assert list(demo_ds["text"]) == docs[:5]
 
 
-def test_demo_uses_reasoning_gym_when_importable(monkeypatch, smol):
-  """reasoning_gym is not installed here: a stand-in module checks that its problems and answers are used."""
+def test_demo_uses_reasoning_gym_when_asked(monkeypatch, smol):
+  """A stand-in reasoning_gym module checks that its problems and answers are used when asked, and only then."""
   import importlib.machinery
   import sys
   import types
@@ -438,13 +438,14 @@ def test_demo_uses_reasoning_gym_when_importable(monkeypatch, smol):
 
   fake.create_dataset = create_dataset
   monkeypatch.setitem(sys.modules, "reasoning_gym", fake)
-  probs = D.demo_problems(4, seed=7)
+  probs = D.demo_problems(4, seed=7, use_reasoning_gym=True)
   assert [q for q, _ in probs] == ["0 + 7 =", "1 + 7 =", "2 + 7 =", "3 + 7 ="]
   for q, a in probs:
     assert a.startswith("<think>\n") and a.endswith(f"</think>\nThe answer is {int(q.split()[0]) + 7}.")
     assert all(word in a for word in D.REASONING_WORDS)
   assert D.demo_problems(4, seed=7, use_reasoning_gym=False)[0][0].endswith("?")  # the fallback on request
-  doc = D.demo_corpus(1, tokenizer=smol, seed=7)[0]
+  assert D.demo_problems(4, seed=7)[0][0].endswith("?")  # and by default: installed packages change nothing
+  doc = D.demo_corpus(1, tokenizer=smol, seed=7, use_reasoning_gym=True)[0]
   assert "<|im_start|>user\n0 + 7 =<|im_end|>" in doc
 
 

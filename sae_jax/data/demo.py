@@ -3,8 +3,9 @@
 The paper's corpora need a hub; the demo must run anywhere. So: worked math problems in the model's chat
 template, the assistant turn a "<think>...</think>" trace that uses the ReasonScore vocabulary
 (REFERENCE 6.2: Wait, Let me, Therefore, However, Alternatively, Hmm, Maybe, Perhaps, But, Another), so
-reasoning features have something to fire on. Problems come from `reasoning_gym` when it is installed,
-otherwise from a small deterministic generator of arithmetic word problems.
+reasoning features have something to fire on. Problems come from a small deterministic generator of arithmetic
+word problems, or from `reasoning_gym` when asked (`use_reasoning_gym=True`): the corpus never depends on what
+happens to be installed.
 """
 
 from __future__ import annotations
@@ -160,13 +161,13 @@ def _rg_problems(n: int, seed: int) -> list[tuple[str, str]] | None:
 
 
 def demo_problems(n: int, seed: int = 0, use_reasoning_gym: bool | None = None) -> list[tuple[str, str]]:
-  """n (question, worked answer) pairs; reasoning_gym if importable (or forced), else the fallback generator."""
+  """n (question, worked answer) pairs from the built-in generator, or reasoning_gym when `use_reasoning_gym`."""
   if n <= 0:
     raise UserError(f"the demo corpus needs n > 0 documents, got {n}")
   have_rg = importlib.util.find_spec("reasoning_gym") is not None
   if use_reasoning_gym and not have_rg:
     raise UserError("use_reasoning_gym=True but reasoning_gym is not installed (pip install reasoning-gym)")
-  if have_rg and use_reasoning_gym is not False:
+  if use_reasoning_gym:
     problems = _rg_problems(n, seed)
     if problems is not None:
       return problems
