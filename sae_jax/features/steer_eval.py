@@ -21,6 +21,7 @@ from sae_jax.evals import report as eval_report
 from sae_jax.evals import runner
 from sae_jax.features import steer
 from sae_jax.generation import Engine, Request, sample_key
+from sae_jax.generation.engine import default_cache_dtype
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -149,7 +150,7 @@ def evaluate(model, tokenizer, tasks: dict, out_dir: str, config: runner.EvalCon
   max_len = engine_opts.max_len or longest + config.max_new_tokens
   if longest >= max_len:
     raise UserError(f"engine.max_len {max_len} does not hold the longest prompt ({longest} tokens)")
-  slots = size_slots(model.cfg, model.dtype, max_len, engine_opts, mesh, log)
+  slots = size_slots(model.cfg, default_cache_dtype(model), max_len, engine_opts, mesh, log)
   last = {"t": 0.0}
 
   def progress(p):

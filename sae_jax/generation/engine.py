@@ -57,6 +57,16 @@ def _mesh_of(state):
   return None
 
 
+def default_cache_dtype(model: Transformer):
+  """The KV cache's storage dtype: the model's, except float32 on CPU.
+
+  XLA CPU runs bf16 batched attention dots by converting both operands to f32, i.e. the whole cache every
+  decode step (2.5x slower than an f32 cache, measured on SmolLM2). An f32 cache holds the same bf16-rounded
+  keys and values, so tokens are unchanged; TPUs keep the model dtype (half the memory).
+  """
+  return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else jnp.dtype(model.dtype)
+
+
 def bucket(length: int, max_len: int) -> int:
   """The prefill length for a prompt: the next power of two >= length (at least MIN_BUCKET), capped at max_len."""
   b = MIN_BUCKET
@@ -74,7 +84,8 @@ class Engine:
   """
 
   def __init__(self, model: Transformer, slots: int, max_len: int, *, mesh=None, make_hooks=None,
-               decode: Callable[[list[int]], str] | None = None, progress: Callable[[dict], None] | None = None):
+               decode: Callable[[list[int]], str] | None = None, progress: Callable[[dict], None] | None = None,
+               cache_dtype=None):
     if slots < 1 or max_len < 2:
       raise UserError(f"the engine needs at least 1 slot and 2 tokens per row, got slots={slots} max_len={max_len}")
     self.cfg = model.cfg
@@ -84,7 +95,7 @@ class Engine:
     # a mesh), so every call of a step sees the same input shardings and the steps compile once.
     self.mesh = mesh if mesh is not None else _mesh_of(self.state)
     self.make_hooks, self.decode, self.progress = make_hooks, decode, progress
-    self.dtype = model.dtype
+    self.dtype = default_cache_dtype(model) if cache_dtype is None else jnp.dtype(cache_dtype)
     self._sample_one = jax.jit(sampling.sample)
     self._cache = None
 

@@ -131,7 +131,7 @@ def insert(cache: KVCache, prompt: KVCache, slots, lengths) -> KVCache:
 
   def put(buf, upd):
     rows = jnp.zeros((upd.shape[0],) + buf.shape[1:], buf.dtype)
-    rows = jax.lax.dynamic_update_slice_in_dim(rows, upd, 0, axis=1)
+    rows = jax.lax.dynamic_update_slice_in_dim(rows, upd.astype(buf.dtype), 0, axis=1)
     return buf.at[slots].set(rows)
 
   valid = jnp.arange(cache.valid.shape[1])[None, :] < jnp.minimum(lengths, p)[:, None]

@@ -157,8 +157,8 @@ def _causal_query_chunk(t: int) -> int:
 def _attend(q, k, v, mask, scale, precision):
   """Grouped-query attention core in a batch-leading layout (XLA CPU's dot kernels want that).
 
-  q [B, Kv, G, T, D]; k, v [B, Kv, S, D]; mask [B, T, S] -> out [B, Kv, G, T, D].
-  Scores and softmax in float32; probabilities are cast to v's dtype as HF does.
+  q [B, Kv, G, T, D]; k, v [B, Kv, S, D]; mask [B, T, S] -> out [B, Kv, G, T, D] in q's dtype.
+  Scores and softmax in float32; probabilities are cast to the model dtype (q's) as HF does.
   """
   b, kv, g, t, d = q.shape
   s = k.shape[2]
@@ -169,9 +169,9 @@ def _attend(q, k, v, mask, scale, precision):
   if scale is not None:
     scores = scores * scale
   scores = jnp.where(mask[:, None, None], scores.reshape(b, kv, g, t, s), jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, s)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(b, kv, g * t, s)
   out = jax.lax.dot_general(probs, v, (((3,), (2,)), ((0, 1), (0, 1))), precision=precision,
-                            preferred_element_type=jnp.float32).astype(v.dtype)
+                            preferred_element_type=jnp.float32).astype(q.dtype)
   return out.reshape(b, kv, g, t, d)
 
 
@@ -197,7 +197,10 @@ class Attention(nnx.Module):
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
     query_slot = jnp.arange(t)
     if kv_cache is not None:
-      k, v = write_rows(kv_cache[0], k, cache_offset), write_rows(kv_cache[1], v, cache_offset)
+      # A cache may store wider than the model dtype (f32 on CPU, where bf16 batched dots upcast the whole
+      # cache every step); it holds the same model-dtype values either way.
+      k = write_rows(kv_cache[0], k.astype(kv_cache[0].dtype), cache_offset)
+      v = write_rows(kv_cache[1], v.astype(kv_cache[1].dtype), cache_offset)
       query_slot = query_slot[None, :] + cache_offset[:, None]  # [B, T]
     kvh, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
     scale = 1 / math.sqrt(hd)
