@@ -9,7 +9,6 @@ many of B's top reasoning features are "B-only" (density in A below a threshold)
 """
 
 import dataclasses
-import json
 import os
 import struct
 import zlib
@@ -18,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sae_jax import io as sio
 from sae_jax.errors import UserError
-from sae_jax.features.reasonscore import (EPS, PAPER_ALPHA, ReasonScoreAccumulator, ReasonScores, feed_rows,
-                                          _write_atomically)
+from sae_jax.features.reasonscore import (EPS, PAPER_ALPHA, ReasonScoreAccumulator, ReasonScores, feed_rows)
 from sae_jax.sae import encode
 
 RATIO_EPS = 1e-6  # added to both sides of B/A so features dead in A give large finite ratios
@@ -236,18 +235,17 @@ class ModelDiff:
     """<array>.npy, ReasonScores of A and B in a/ and b/, diff.png, then diff.json (summary + top list)."""
     os.makedirs(out_dir, exist_ok=True)
     for name, array in self.arrays().items():
-      _write_atomically(os.path.join(out_dir, f"{name}.npy"), lambda f, a=array: np.save(f, a))
+      sio.write_npy(os.path.join(out_dir, f"{name}.npy"), array)
     self.a.reason.save(os.path.join(out_dir, "a"))
     self.b.reason.save(os.path.join(out_dir, "b"))
     top = self.top(top_k)
     png = density_scatter_png(self, [t["feature"] for t in top])
-    _write_atomically(os.path.join(out_dir, PLOT_FILE), lambda f: f.write(png))
+    sio.write_bytes(os.path.join(out_dir, PLOT_FILE), png)
     meta = {**(extra or {}), "summary": self.summary(top_k), "arrays": list(ARRAYS), "reasonscores": ["a", "b"],
             "plot": f"{PLOT_FILE}: log10 density A (x) vs B (y), top-k of B in red, y = x grey, "
                     "b_only_density dashed; never-firing features sit on the lower/left edge",
             "top": top}
-    _write_atomically(os.path.join(out_dir, META_FILE),
-                      lambda f: f.write(json.dumps(meta, indent=1, default=float).encode()))
+    sio.write_json(os.path.join(out_dir, META_FILE), meta, indent=1, default=float)
     return out_dir
 
 

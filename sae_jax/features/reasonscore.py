@@ -14,12 +14,12 @@ as the check for the streamed path.
 import dataclasses
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sae_jax import io as sio
 from sae_jax.errors import UserError
 from sae_jax.features.masks import PAPER_IGNORE_IDS, PAPER_WINDOW, check_mask_settings, reason_masks
 from sae_jax.features.vocab import Vocabulary
@@ -63,10 +63,10 @@ class ReasonScores:
     """<name>.npy per array, then reasonscore.json; each file replaced atomically."""
     os.makedirs(out_dir, exist_ok=True)
     for name in ARRAYS:
-      _write_atomically(os.path.join(out_dir, f"{name}.npy"), lambda f, a=getattr(self, name): np.save(f, a))
+      sio.write_npy(os.path.join(out_dir, f"{name}.npy"), getattr(self, name))
     meta = {"group_names": list(self.group_names), "pos_count": self.pos_count, "neg_count": self.neg_count,
             "group_counts": list(self.group_counts), "settings": self.settings, "arrays": list(ARRAYS)}
-    _write_atomically(os.path.join(out_dir, META_FILE), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    sio.write_json(os.path.join(out_dir, META_FILE), meta)
     return out_dir
 
   @classmethod
@@ -79,17 +79,6 @@ class ReasonScores:
     arrays = {name: np.load(os.path.join(out_dir, f"{name}.npy")) for name in ARRAYS}
     return cls(**arrays, group_names=tuple(meta["group_names"]), pos_count=meta["pos_count"],
                neg_count=meta["neg_count"], group_counts=tuple(meta["group_counts"]), settings=meta["settings"])
-
-
-def _write_atomically(path: str, write) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path) or ".")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def _mask_rows(masks, xp):

@@ -3,13 +3,13 @@
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from sae_jax import io as sio
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 from sae_jax.models.config import ModelConfig
@@ -22,11 +22,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def save(out_dir: str, model: Transformer, hf_config: dict, tokenizer_dir: str | None = None) -> str:
   """Writes the checkpoint into a temp dir beside `out_dir`, then renames: complete or absent."""
-  out_dir = os.path.abspath(out_dir)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
-  try:
+  with sio.replaced_dir(out_dir) as tmp:
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, "params"), params)
@@ -39,13 +35,7 @@ def save(out_dir: str, model: Transformer, hf_config: dict, tokenizer_dir: str |
       for name in TOKENIZER_FILES:
         if os.path.exists(os.path.join(tokenizer_dir, name)):
           shutil.copy(os.path.join(tokenizer_dir, name), tmp)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
-  return out_dir
+  return os.path.abspath(out_dir)
 
 
 def restore(ckpt_dir: str, mesh=None, dtype=None) -> Transformer:

@@ -12,8 +12,6 @@ exports it. What SAELens writes loads here in those forms too (also the older st
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -22,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from sae_jax import __version__
+from sae_jax import io as sio
 from sae_jax.errors import UserError
 from sae_jax.sae import core
 from sae_jax.sae.config import NORMALIZE_ACTIVATIONS, SAEConfig, parse_hook_name
@@ -126,27 +125,7 @@ def save_saelens(out_dir: str, params, cfg: SAEConfig, norm_scaling_factor: floa
     with open(os.path.join(tmp, CFG_FILENAME), "w") as f:
       json.dump(saelens_cfg_dict(cfg, norm_scaling_factor), f, indent=2)
 
-  return write_dir_atomically(out_dir, write)
-
-
-def write_dir_atomically(out_dir: str, write) -> str:
-  """`write(tmp)` fills a temp dir beside `out_dir`, which then replaces `out_dir` (never half-written)."""
-  out_dir = os.path.abspath(out_dir)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-  try:
-    write(tmp)
-    old = None
-    if os.path.exists(out_dir):  # move aside first so a crash never leaves out_dir half-written
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-      os.replace(out_dir, os.path.join(old, "dir"))
-    os.replace(tmp, out_dir)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return out_dir
+  return sio.write_dir(out_dir, write)
 
 
 def read_sae_dir(path: str, kind: str, cfg_name: str, weights_name: str) -> tuple[dict, str, str]:

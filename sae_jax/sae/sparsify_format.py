@@ -16,10 +16,10 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from sae_jax import __version__
+from sae_jax import io as sio
 from sae_jax.errors import UserError
 from sae_jax.sae.config import SAEConfig, parse_hook_name
-from sae_jax.sae.saelens_format import (LoadedSAE, _checked_params, read_sae_dir, read_tensors,
-                                        write_dir_atomically)
+from sae_jax.sae.saelens_format import LoadedSAE, _checked_params, read_sae_dir, read_tensors
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae.safetensors"
@@ -48,7 +48,7 @@ def save_sparsify(out_dir: str, params, cfg: SAEConfig) -> str:
     with open(os.path.join(tmp, CFG_FILENAME), "w") as f:
       json.dump(sparsify_cfg_dict(cfg), f, indent=2)
 
-  return write_dir_atomically(out_dir, write)
+  return sio.write_dir(out_dir, write)
 
 
 def load_sparsify(path: str, hook_name: str | None = None) -> LoadedSAE:
