@@ -130,13 +130,6 @@ def _replicated(mesh):
   return NamedSharding(mesh, PartitionSpec())
 
 
-def _check_batch(rows: int, mesh, what: str) -> None:
-  n = mesh.shape["data"] * mesh.shape["fsdp"]
-  if rows % n:
-    raise UserError(f"{what} of {rows} rows does not split over data x fsdp = {n} devices: make it a multiple "
-                    f"of {n} or move devices to the model axis")
-
-
 # ---- the stages: abstract inputs with the run's shardings, and the step the run jits ----
 
 
@@ -148,7 +141,7 @@ def compile_collect(model_cfg, dtype, layer: int, site: str, batch_rows: int, co
   """
   from sae_jax.activations.collect import site_forward
   from sae_jax.models.loading import abstract_model
-  _check_batch(batch_rows, mesh, "a model batch (data.store_batch_rows)")
+  shd.check_batch_splits(batch_rows, mesh, "a model batch (data.store_batch_rows)")
   graphdef, state = abstract_model(model_cfg, dtype)
   pure = nnx.to_pure_dict(state)
   nnx.replace_by_pure_dict(state, jax.tree.map(lambda leaf, s: _sds(leaf.shape, leaf.dtype, s), pure,
@@ -180,7 +173,7 @@ def compile_reason_score(sae_cfg, batch_rows: int, context_size: int, mesh, voca
   """
   from sae_jax.features.reasonscore import LATENT_AXIS, latent_sharding, make_step, state_shapes
   from sae_jax.sae.core import param_shapes
-  _check_batch(batch_rows, mesh, "a ReasonScore batch (data.store_batch_rows)")
+  shd.check_batch_splits(batch_rows, mesh, "a ReasonScore batch (data.store_batch_rows)")
   vocab = vocab or placeholder_vocabulary()
   params = {k: _sds(shape, jnp.float32, latent_sharding(shape, LATENT_AXIS.get(k), mesh))
             for k, shape in param_shapes(sae_cfg, training=False).items() if k != "W_dec"}  # encoding only
@@ -241,7 +234,7 @@ def plan(c, devices, stages=STAGES) -> dict:
     done["collect"] = {"tokens_per_step": rows * context, **stage_stats(lambda: compile_collect(
         model_cfg, jnp.dtype(c.model.dtype), sae_cfg.hook_layer, sae_cfg.hook_site, rows, context, mesh), hbm)}
   if "train_sae" in stages:
-    _check_batch(sae_cfg.batch_size, mesh, "an SAE batch (sae.batch_size)")
+    shd.check_batch_splits(sae_cfg.batch_size, mesh, "an SAE batch (sae.batch_size)")
     with jax.default_matmul_precision(c.trainer.matmul_precision):
       done["train_sae"] = {"tokens_per_step": sae_cfg.batch_size,
                            **stage_stats(lambda: compile_train_sae(sae_cfg, mesh), hbm)}
