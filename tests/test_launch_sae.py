@@ -118,7 +118,10 @@ def test_paper_config_is_the_paper_sae_and_other_architectures_get_their_default
   decoder, as OpenAI) unless overridden. The keys are typed, which is what lets the command line set them
   (`--config.sae.apply_b_dec_to_input=false`, `--config.sae.k=64`)."""
   from configs import paper_r1_llama8b_l19
-  from sae_jax.activations.pipeline import sae_config_from_config
+  from sae_jax.runs import section
+
+  def sae_config_from_config(c):
+    return section(c, "sae")
 
   c = paper_r1_llama8b_l19.get_config()
   paper = sae_config_from_config(c)

@@ -10,6 +10,7 @@ also store the token rows it ran (`rows.npy`); with them `CachedRows` gives pass
 neighbours (ReasonScore, diffing) [B, L] batches without running the model.
 """
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,6 +23,14 @@ from sae_jax.errors import UserError
 
 MANIFEST = "manifest.json"
 ROWS_FILE = "rows.npy"
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationsConfig:
+  """Where training reads activations (config section `activations`)."""
+
+  cache_dir: str = ""  # shards of collect_activations.py (local or fsspec URL) instead of running the model
+  loop: bool = False  # repeat the data when it runs out
 
 
 def read_manifest(path: str) -> dict:
@@ -44,6 +53,23 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 def rows_digest(rows: np.ndarray) -> str:
   """sha256 of the int32 token rows: a resumed or paired cache must have run exactly these rows."""
   return hashlib.sha256(np.ascontiguousarray(rows, np.int32).tobytes()).hexdigest()
+
+
+def fill_cache(source, writer: "ShardWriter", max_batches: int = 0, progress=None) -> dict:
+  """Runs `source` (an `ActivationSource`) from the writer's resume point into its shards; the manifest.
+
+  `max_batches` > 0 stops after that many model batches; `progress(batches_done, total)` after each.
+  """
+  resume_batch, skip = writer.resume_point
+  source.seek(resume_batch)
+  total = min(max_batches or source.batches_per_epoch, source.batches_per_epoch)
+  while source.position < total:
+    acts, keep = source()
+    writer.add(np.asarray(acts)[keep][skip:], batch_end=source.position)
+    skip = 0
+    if progress is not None:
+      progress(source.position, total)
+  return writer.finish()
 
 
 class ShardWriter:

@@ -1,5 +1,6 @@
 """Converted-model checkpoints: Orbax params + HF `config.json` + tokenizer files, restorable on any mesh."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,9 +14,10 @@ from sae_jax import io as sio
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 from sae_jax.models.config import ModelConfig
-from sae_jax.models.loading import abstract_model
+from sae_jax.models.loading import abstract_model, load_model, peek_config
 from sae_jax.models.transformer import Transformer
 
+DTYPES = ("bfloat16", "float32")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json", "tokenizer.model")
 
@@ -66,5 +68,25 @@ def load_any(source: str, dtype=None, mesh=None) -> Transformer:
   """A converted checkpoint dir, or anything `load_model` reads (HF dir, GGUF, hub id)."""
   if os.path.isdir(os.path.join(source, "params")):
     return restore(source, mesh=mesh, dtype=dtype)
-  from sae_jax.models.loading import load_model
   return load_model(source, dtype=dtype or jnp.bfloat16, mesh=mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The model a run reads (config section `model`): converted checkpoint dir, HF dir, .gguf or hub id."""
+
+  path: str = ""
+  dtype: str = "bfloat16"  # the paper's; float32 for exact parity on CPU
+
+  def __post_init__(self):
+    if self.dtype not in DTYPES:
+      raise UserError(f"model.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+
+  def load(self, mesh=None) -> Transformer:
+    if not self.path:
+      raise UserError("no model given: set --config.model.path")
+    return load_any(self.path, dtype=jnp.dtype(self.dtype), mesh=mesh)
+
+  def peek(self):
+    """Its ModelConfig without loading weights (None for a hub id not in KNOWN_HF_CONFIGS)."""
+    return peek_config(self.path)

@@ -1,0 +1,10 @@
+"""The reference's dashboards (REFERENCE.md section 7), the default config of dashboard.py: the first 10,000 rows
+of the extraction set, unshuffled, as SAEDashboard read them; no model is set (give --config.model.path)."""
+
+from configs import paper_reasonscore_extraction as extraction
+
+
+def get_config():
+  c = extraction.get_config()
+  c.data.update(num_rows=10_000, shuffle_seed=-1)
+  return c
