@@ -21,7 +21,7 @@ from sae_jax.features.diffing import (ARRAYS, FeatureStatsAccumulator, ModelDiff
                                       density_scatter_png, diff_stats, model_stats, png_bytes)
 from sae_jax.features.reasonscore import reasonscore_corpus, reasonscore_dense
 from sae_jax.features.vocab import Vocabulary
-from sae_jax.sae import SAEConfig, init_sae_params, save_saelens
+from sae_jax.sae import SAE, SAEConfig, init_params
 
 LAYER, D_SAE = 2, 96
 VOCAB = Vocabulary(("wait", " wait", "hmm", "let me"), ((5,), (6,), (7,), (8, 9)))
@@ -29,15 +29,15 @@ IGNORE = (0, 1)
 WINDOW = (1, 2)
 
 
-def _sae_params(d_in, d_sae, spread, seed=0):
+def _sae(d_in, d_sae, spread, seed=0):
   """Standard SAE, decoder rows not unit norm (so the fold matters), biases spread for varied densities."""
   cfg = SAEConfig(d_in=d_in, d_sae=d_sae, hook_layer=LAYER)
-  params = jax.tree.map(np.asarray, init_sae_params(cfg, jax.random.key(seed)))
+  params = jax.tree.map(np.asarray, init_params(cfg, jax.random.key(seed)))
   rng = np.random.default_rng(seed)
   params["W_dec"] = params["W_dec"] * rng.uniform(0.5, 2.0, (d_sae, 1)).astype(np.float32)
   params["b_enc"] = rng.uniform(-3 * spread, spread, d_sae).astype(np.float32)
   params["b_dec"] = rng.normal(0, spread / 4, d_in).astype(np.float32)
-  return cfg, params
+  return SAE(params, cfg)
 
 
 def _rows(n=8, length=24, seed=0):
@@ -69,9 +69,9 @@ def tiny_pair(tmp_path_factory):
   return tuple(checkpoint.load_any(d, dtype=jnp.float32) for d in dirs), dirs
 
 
-def _dense(acts, tokens, cfg, params):
+def _dense(acts, tokens, sae):
   """Folded standard-SAE features in float64 numpy, then the statistics over non-ignored tokens."""
-  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  cfg, p = sae.cfg, {k: np.asarray(v, np.float64) for k, v in sae.params.items()}
   n = np.linalg.norm(p["W_dec"], axis=1)
   x = np.asarray(acts, np.float64) - (p["b_dec"] if cfg.apply_b_dec_to_input else 0)
   f = np.maximum(x @ (p["W_enc"] * n) + p["b_enc"] * n, 0)
@@ -87,9 +87,9 @@ def _stats(model, rows, acc, mesh=None, batch_rows=4):
 def test_same_model_twice_gives_ratio_one(tiny_pair):
   from sae_jax.activations.collect import make_site_fn
   model = tiny_pair[0][0]
-  cfg, params = _sae_params(64, D_SAE, 0.03)
+  sae = _sae(64, D_SAE, 0.03)
   rows = _rows()
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   a, b = _stats(model, rows, acc), _stats(model, rows, acc)  # one accumulator: reset between models
   diff = diff_stats(a, b)
   for name in ("mean_ratio", "density_ratio"):
@@ -103,8 +103,8 @@ def test_same_model_twice_gives_ratio_one(tiny_pair):
   assert summary["top_k_overlap"] == 1 and summary["b_only_in_top_k"] == 0
   assert [t["rank_a"] for t in diff.top(10)] == list(range(10))
   # the score is reason_score.py's: the plain accumulator on the same rows agrees
-  plain = reasonscore_corpus(make_site_fn(model, LAYER, "resid_post"), rows, params, VOCAB, batch_rows=4,
-                             sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE)
+  plain = reasonscore_corpus(make_site_fn(model, LAYER, "resid_post"), rows, sae, VOCAB, batch_rows=4,
+                             window=WINDOW, ignore_ids=IGNORE)
   np.testing.assert_allclose(b.reason.scores, plain.scores, rtol=1e-6, atol=1e-9)
   np.testing.assert_allclose(b.reason.mu_neg, plain.mu_neg, rtol=1e-6, atol=1e-9)
 
@@ -116,14 +116,14 @@ def test_two_models_match_dense_numpy(tiny_pair):
   from sae_jax.models.sharding import make_mesh
   mesh = make_mesh(2, 1, 4)
   models = [checkpoint.load_any(d, dtype=jnp.float32, mesh=mesh) for d in tiny_pair[1]]
-  cfg, params = _sae_params(64, D_SAE, 0.03)
+  sae = _sae(64, D_SAE, 0.03)
   rows = _rows()
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE, mesh=mesh)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE, mesh=mesh)
   stats = [_stats(m, rows, acc, mesh) for m in models]
   assert acc._step._cache_size() == 1  # one compiled step for every batch of both models
   for st, model in zip(stats, tiny_pair[0]):
     acts = np.asarray(make_site_fn(model, LAYER, "resid_post")(rows))
-    f, mean, density, n = _dense(acts, rows, cfg, params)
+    f, mean, density, n = _dense(acts, rows, sae)
     assert st.n_tokens == n
     np.testing.assert_allclose(st.mean, mean, rtol=2e-5, atol=1e-7)
     assert np.max(np.abs(st.density - density)) * n <= 1  # at most one token on the 0 boundary
@@ -157,10 +157,10 @@ def test_two_models_match_dense_numpy(tiny_pair):
 
 def test_step_encodes_each_token_once(tiny_pair):
   """The density count re-states encode next to ReasonScore's; XLA must merge them (one encoder matmul)."""
-  cfg, params = _sae_params(64, D_SAE, 0.03)
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE)
+  sae = _sae(64, D_SAE, 0.03)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   tokens, acts = _rows(2, 8), np.zeros((2, 8, 64), np.float32)
-  hlo = acc._step.lower(acc._state, acc._params, tokens, acts).compile().as_text()
+  hlo = acc._step.lower(acc._state, acc.sae, tokens, acts).compile().as_text()
   assert len(re.findall(rf"= f32\[16,{D_SAE}\]\S* dot\(", hlo)) == 1
 
 
@@ -180,8 +180,8 @@ def test_png(tiny_pair, tmp_path):
   raw = np.frombuffer(zlib.decompress(chunks[1][1]), np.uint8).reshape(7, 1 + 5 * 3)
   assert np.all(raw[:, 0] == 0) and np.array_equal(raw[:, 1:].reshape(7, 5, 3), rgb)
 
-  cfg, params = _sae_params(64, D_SAE, 0.03)
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE)
+  sae = _sae(64, D_SAE, 0.03)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   rows = _rows()
   diff = diff_stats(*[_stats(m, rows, acc) for m in tiny_pair[0]])
   png = density_scatter_png(diff, [t["feature"] for t in diff.top(5)])
@@ -202,19 +202,19 @@ def test_bad_input(tiny_pair):
   model = tiny_pair[0][0]
   cfg = model.cfg
   with pytest.raises(UserError, match="model widths differ: A hidden_size 64, B 32"):
-    check_pair(cfg, dataclasses.replace(cfg, hidden_size=32), 64, LAYER)
+    check_pair(cfg, dataclasses.replace(cfg, hidden_size=32), _sae(64, D_SAE, 0.03), LAYER)
   with pytest.raises(UserError, match="SAE d_in 48 != model width 64"):
-    check_pair(cfg, cfg, 48, LAYER)
+    check_pair(cfg, cfg, _sae(48, D_SAE, 0.03), LAYER)
   with pytest.raises(UserError, match="layer 9 is out of range for model A"):
-    check_pair(cfg, cfg, 64, 9)
+    check_pair(cfg, cfg, _sae(64, D_SAE, 0.03), 9)
   with pytest.raises(UserError, match="token id 200 is outside model B's vocabulary of 128"):
     check_rows_fit(np.array([[3, 200]]), cfg, "B")
-  sae_cfg, params = _sae_params(48, D_SAE, 0.03)
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=sae_cfg, window=WINDOW, ignore_ids=IGNORE)
+  sae = _sae(48, D_SAE, 0.03)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   with pytest.raises(UserError, match="SAE d_in 48 != activation width 64"):
     _stats(model, _rows(), acc)
-  sae_cfg, params = _sae_params(64, D_SAE, 0.03)
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=sae_cfg, window=WINDOW, ignore_ids=IGNORE)
+  sae = _sae(64, D_SAE, 0.03)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   a = _stats(model, _rows(), acc)
   small = dataclasses.replace(a, mean=a.mean[:5], density=a.density[:5])
   with pytest.raises(UserError, match="A has 5 features, B 96"):

@@ -48,18 +48,18 @@ import numpy as np
 from sae_jax.errors import UserError
 from sae_jax.features.masks import reason_masks
 from sae_jax.features.vocab import Vocabulary
-from sae_jax.sae import encode, fold_W_dec_norm
-from sae_jax.sae.config import SAEConfig
+from sae_jax.sae import SAE
 
 _NO_EXP = -(2**40)  # exponent of a feature that has not fired yet
 _KEY_MAX = np.iinfo(np.uint64).max
-_LATENT_PARAMS = ("b_enc", "threshold", "log_threshold")  # [d_sae] tensors sliced with the features
 
 
 @dataclasses.dataclass(frozen=True)
 class DashboardConfig:
-  """What a dashboard shows; defaults are SAEDashboard's (REFERENCE.md section 7)."""
+  """What a dashboard shows (config section `dashboard`); defaults are SAEDashboard's (REFERENCE.md section 7)."""
 
+  top_k: int = 100  # with ReasonScore results and no feature ids: how many of the best features
+  ignore_ids: tuple[int, ...] = ()  # tokens that never count as firing (none, as SAEDashboard; e.g. BOS, EOS)
   n_top: int = 20  # top-activating group
   n_quantiles: int = 10  # equal intervals of (0, max]
   quantile_group_size: int = 5  # examples per interval
@@ -72,7 +72,8 @@ class DashboardConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "context", tuple(int(c) for c in self.context))
-    for name in ("n_top", "n_quantiles", "quantile_group_size", "n_bins", "n_logits"):
+    object.__setattr__(self, "ignore_ids", tuple(int(i) for i in self.ignore_ids))
+    for name in ("top_k", "n_top", "n_quantiles", "quantile_group_size", "n_bins", "n_logits"):
       if int(getattr(self, name)) <= 0:
         raise UserError(f"dashboard {name} must be positive, got {getattr(self, name)}")
     if len(self.context) != 2 or min(self.context) < 0:
@@ -159,23 +160,19 @@ def _rank_in_group(group_sorted: np.ndarray) -> np.ndarray:
 class DashboardAccumulator:
   """One pass over token rows for a set of features: `update(tokens, acts, row_offset)`, then `finalize()`.
 
-  `params` is the SAE as trained or loaded ({W_enc [d_in, d_sae], b_enc, W_dec, b_dec, ...}), folded here
-  with `fold_W_dec_norm` (pass `fold=False` if it is folded already); `sae_cfg` is what `sae_jax.sae.encode`
-  takes. Only the selected features are encoded (W_enc / b_enc columns sliced), except for a TopK SAE, whose
-  selection needs every latent. `vocab` marks reasoning words in the contexts.
+  `sae` is an `SAE` as trained or loaded, in any units, read `folded()`. Only the selected features are encoded
+  (`SAE.take`), except for an SAE whose latents depend on each other (TopK), which encodes every latent.
+  `vocab` marks reasoning words in the contexts.
   """
 
-  def __init__(self, params, features, *, sae_cfg: SAEConfig | bool = False, vocab: Vocabulary | None = None,
-               config: DashboardConfig = DashboardConfig(), ignore_ids=(), fold: bool = True,
-               matmul_precision: str = "highest"):
-    if "W_enc" not in params or np.ndim(params["W_enc"]) != 2:
-      raise UserError("SAE params need W_enc [d_in, d_sae]")
-    self.d_in, d_sae = (int(n) for n in np.shape(params["W_enc"]))
-    self.features = check_features(features, d_sae)
+  def __init__(self, sae: SAE, features, *, vocab: Vocabulary | None = None,
+               config: DashboardConfig = DashboardConfig(), ignore_ids=(), matmul_precision: str = "highest"):
+    self.sae = sae
+    self.features = check_features(features, sae.d_sae)
     self.config, self.vocab = config, vocab
     self.ignore_ids = np.asarray(sorted({int(i) for i in ignore_ids}), np.int64)
     self.matmul_precision = matmul_precision
-    self._encode = _feature_encoder(params, self.features, sae_cfg, fold)
+    self._encode = _feature_encoder(sae, self.features)
     n = len(self.features)
     self.n_tokens = 0
     self.n_active = np.zeros(n, np.int64)
@@ -196,8 +193,7 @@ class DashboardAccumulator:
     acts_shape = tuple(np.shape(acts))
     if len(shape) != 2 or len(acts_shape) != 3 or acts_shape[:2] != shape:
       raise UserError(f"activations {acts_shape} do not match tokens {shape}: expected [B, T, d_in]")
-    if acts_shape[2] != self.d_in:
-      raise UserError(f"SAE d_in {self.d_in} != activation width {acts_shape[2]}")
+    self.sae.check_width(acts_shape[2], "activation width")
     self.update_features(np.asarray(jax.device_get(tokens)), self.encode(acts), row_offset, n_rows)
 
   def encode(self, acts):
@@ -365,24 +361,19 @@ def check_features(features, d_sae: int) -> np.ndarray:
   return ids
 
 
-def _feature_encoder(params, features: np.ndarray, sae_cfg, fold: bool):
+def _feature_encoder(sae: SAE, features: np.ndarray):
   """jitted acts [..., d_in] -> folded activations [..., n_features] of the selected features (float32)."""
-  f32 = {k: np.asarray(v, np.float32) for k, v in params.items()}
-  if isinstance(sae_cfg, SAEConfig) and sae_cfg.architecture == "topk":
-    full = fold_W_dec_norm(f32) if fold else f32  # the top-k needs every latent
-    full = {k: jnp.asarray(v) for k, v in full.items() if k != "W_dec"}
-    run = jax.jit(lambda p, x: encode(p, x.astype(jnp.float32), sae_cfg)[..., features])
-    return lambda x: run(full, x)
-  sliced = {k: v[features] if k in _LATENT_PARAMS else v for k, v in f32.items()}
-  sliced["W_enc"], sliced["W_dec"] = f32["W_enc"][:, features], f32["W_dec"][features]
-  if fold:
-    sliced = fold_W_dec_norm(sliced)
-  sliced = {k: jnp.asarray(v) for k, v in sliced.items() if k != "W_dec"}
-  run = jax.jit(lambda p, x: encode(p, x.astype(jnp.float32), sae_cfg))
-  return lambda x: run(sliced, x)
+  sae = sae.numpy()
+  if sae.arch.PER_LATENT:
+    sub = sae.take(features).folded().encoder_only()  # folds commute with slicing: they act per latent
+    run = jax.jit(lambda s, x: s.encode(x))
+  else:  # the selection needs every latent
+    sub = sae.folded().encoder_only()
+    run = jax.jit(lambda s, x: s.encode(x)[..., features])
+  return lambda x: run(sub, x)
 
 
-def collect_feature_stats(site_fn, rows, params, features, *, batch_rows: int, progress=None, mesh=None,
+def collect_feature_stats(site_fn, rows, sae: SAE, features, *, batch_rows: int, progress=None, mesh=None,
                           **accumulator_kwargs) -> list[dict]:
   """Stats of `features` over token `rows` [n, T], `site_fn(tokens [B, T]) -> acts [B, T, d_in]`.
 
@@ -394,7 +385,7 @@ def collect_feature_stats(site_fn, rows, params, features, *, batch_rows: int, p
     raise UserError("the dashboard corpus is empty: no token rows")
   if batch_rows <= 0:
     raise UserError(f"batch_rows must be positive, got {batch_rows}")
-  acc = DashboardAccumulator(params, features, **accumulator_kwargs)
+  acc = DashboardAccumulator(sae, features, **accumulator_kwargs)
   pending = None  # the host work of batch i overlaps the device work of batch i + 1
   for start in range(0, len(rows) + batch_rows, batch_rows):
     if start < len(rows):
@@ -407,8 +398,7 @@ def collect_feature_stats(site_fn, rows, params, features, *, batch_rows: int, p
         from sae_jax.models import sharding as shd
         placed = jax.device_put(tokens, shd.batch_sharding(mesh, 2))
       acts = site_fn(placed)
-      if acts.shape[-1] != acc.d_in:
-        raise UserError(f"SAE d_in {acc.d_in} != activation width {acts.shape[-1]}")
+      sae.check_width(acts.shape[-1], "activation width")
       feats = acc.encode(acts)
     if pending is not None:
       acc.update_features(pending[0], pending[1], row_offset=pending[2], n_rows=pending[3])

@@ -12,8 +12,7 @@ import numpy as np
 from flax import nnx
 
 from sae_jax.models.transformer import Hooks, Transformer
-from sae_jax.sae import core
-from sae_jax.sae.config import SAEConfig
+from sae_jax.sae.core import SAE
 
 
 def _token_stats(logits, clean_logp, tokens, valid):
@@ -25,42 +24,34 @@ def _token_stats(logits, clean_logp, tokens, valid):
   return jnp.sum(ce * valid), jnp.sum(kl * valid)
 
 
-def make_splice_eval(model: Transformer, layer: int, site: str, sae_cfg: SAEConfig | None = None):
-  """jitted fn(sae_params, scale, tokens, valid) -> (sums of CE clean/sae/zero, KL sae/zero, count).
-
-  `sae_params` act on `scale * x` (pass the trainer's unfolded params with s, or folded params with 1).
-  `sae_cfg` selects the architecture's encoder (None: the standard SAE without b_dec on the input).
-  """
+def make_splice_eval(model: Transformer, layer: int, site: str):
+  """jitted fn(sae, tokens, valid) -> (sums of CE clean/sae/zero, KL sae/zero, count), `sae` an `SAE`."""
   graphdef, state = nnx.split(model)
 
-  def reconstruct(params, scale, x):
-    xs = x.astype(jnp.float32) * scale
-    return core.decode(params, core.encode(params, xs, sae_cfg if sae_cfg is not None else False)) / scale
-
   @jax.jit
-  def run(state, params, scale, tokens, valid):
+  def run(state, sae, tokens, valid):
     m = nnx.merge(graphdef, state)
     clean = m(tokens).logits
-    sae = m(tokens, hooks=Hooks(transforms={(layer, site): lambda x: reconstruct(params, scale, x)})).logits
+    spliced = m(tokens, hooks=Hooks(transforms={(layer, site): lambda x: sae.decode(sae.encode(x))})).logits
     zero = m(tokens, hooks=Hooks(transforms={(layer, site): jnp.zeros_like})).logits
     clean_logp = jax.nn.log_softmax(clean[:, :-1].astype(jnp.float32), axis=-1)
     ce_clean, _ = _token_stats(clean, clean_logp, tokens, valid)
-    ce_sae, kl_sae = _token_stats(sae, clean_logp, tokens, valid)
+    ce_sae, kl_sae = _token_stats(spliced, clean_logp, tokens, valid)
     ce_zero, kl_zero = _token_stats(zero, clean_logp, tokens, valid)
     return jnp.stack([ce_clean, ce_sae, ce_zero, kl_sae, kl_zero, jnp.sum(valid)])
 
   return functools.partial(run, state)
 
 
-def splice_metrics(model: Transformer, sae_params, token_batches, layer: int, site: str = "resid_post",
-                   scale: float = 1.0, exclude_ids=(), sae_cfg: SAEConfig | None = None) -> dict:
-  """Means over `token_batches` ([B, T] int arrays); predictions of excluded ids (BOS/EOS) do not count."""
-  run = make_splice_eval(model, layer, site, sae_cfg)
+def splice_metrics(model: Transformer, sae: SAE, token_batches, exclude_ids=()) -> dict:
+  """Means over `token_batches` ([B, T] int arrays) with `sae` spliced in at its hook (any units);
+  predictions of excluded ids (BOS/EOS) do not count."""
+  run = make_splice_eval(model, sae.cfg.hook_layer, sae.cfg.hook_site)
   totals = np.zeros(6)
   for tokens in token_batches:
     tokens = np.asarray(tokens)
     valid = ~np.isin(tokens[:, 1:], np.asarray(list(exclude_ids), np.int64))
-    totals += np.asarray(run(sae_params, jnp.float32(scale), tokens, valid), np.float64)
+    totals += np.asarray(run(sae, tokens, valid), np.float64)
   n = max(totals[5], 1.0)
   ce_clean, ce_sae, ce_zero, kl_sae, kl_zero = totals[:5] / n
   return {"ce_loss_clean": ce_clean, "ce_loss_with_sae": ce_sae, "ce_loss_zero_ablation": ce_zero,
