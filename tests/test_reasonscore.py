@@ -231,7 +231,8 @@ def test_streamed_equals_dense(mesh_shape):
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   mesh = make_mesh(*mesh_shape, devices=devices)
   acc = ReasonScoreAccumulator(params, vocab, mesh=mesh)
-  assert acc.sae.params["W_enc"].sharding.spec == jax.sharding.PartitionSpec(None, "model" if len(devices) > 1 else None)
+  latent = "model" if len(devices) > 1 else None
+  assert acc.sae.params["W_enc"].sharding.spec == jax.sharding.PartitionSpec(None, latent)
   for i in range(0, len(tokens), 4):
     acc.update(tokens[i:i + 4], x[i:i + 4])
   got = acc.finalize()

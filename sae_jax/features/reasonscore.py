@@ -181,8 +181,8 @@ class ReasonScoreAccumulator:
   """One pass over a corpus: `update(tokens, acts)` per batch of raw site activations, then `finalize()`.
 
   `sae` is an `SAE` as trained or loaded, in any units; features are read `folded()` (unit decoder rows), as the
-  reference does. With a `mesh`, latents are split on its `model` axis and token batches on its data axes; sums are float32
-  and counts int32 on device. Matmuls run at `matmul_precision` ("highest" = float32 on TPU too).
+  reference does. With a `mesh`, latents are split on its `model` axis and token batches on its data axes; sums
+  are float32 and counts int32 on device. Matmuls run at `matmul_precision` ("highest" = float32 on TPU too).
   """
 
   def __init__(self, sae: SAE, vocab: Vocabulary, *, window=PAPER_WINDOW, mode: str = "reference",

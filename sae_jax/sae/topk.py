@@ -1,7 +1,8 @@
 """TopK SAE (Gao et al. 2024) with the AuxK loss for dead latents (also batchtopk's, batchtopk.py).
 
 Encoder: a = ReLU((x - b_dec) W_enc + b_enc) (the pre-bias when `apply_b_dec_to_input`, the default here), then
-only the k largest a per token survive. The decoder is the standard one. Decoder rows are kept unit norm by the training step (train.py), as in sparsify / OpenAI.
+only the k largest a per token survive. The decoder is the standard one. Decoder rows are kept unit norm by the
+training step (train.py), as in sparsify / OpenAI.
 
 topk trains with a sparse decode (`topk_decode`): x_hat = sum_j a[i_j] W_dec[i_j] + b_dec over the k chosen latents
 i_j, gathering [B, k] values and [B, k, d_in] rows; autodiff turns the gathers into scatter-adds (into dW_dec and
