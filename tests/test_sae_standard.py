@@ -34,6 +34,7 @@ def fx():
 
 @pytest.fixture(scope="module")
 def cfg(fx):
+  assert fx["inputs"].shape[0] == fx["cfg_n_steps"]  # one stored batch per step of the trajectory
   return SAEConfig(
       d_in=fx["cfg_d_in"], d_sae=fx["cfg_d_sae"], batch_size=fx["cfg_batch_size"], n_steps=fx["cfg_n_steps"],
       lr=fx["cfg_lr"], l1_coefficient=fx["cfg_l1_coefficient"], l1_warm_up_steps=fx["cfg_l1_warm_up_steps"],
