@@ -329,9 +329,11 @@ def launch_inputs(assets, tmp_path_factory):
 def test_launch_end_to_end_in_chromium(launch_inputs, assets, tmp_path):
   root, scores = launch_inputs
   out = tmp_path / "dash"
-  proc = _run_launch(f"--model={root / 'model'}", f"--sae={root / 'sae'}", f"--scores={root / 'scores'}",
-                     "--top_k=3", f"--tokenizer={assets.smollm2_hf}", "--data=demo#n=6", "--packing=clean",
-                     "--context_size=64", "--n_rows=5", "--batch_rows=4", "--dtype=float32", f"--out={out}")
+  proc = _run_launch(f"--config.model.path={root / 'model'}", f"--sae={root / 'sae'}", f"--scores={root / 'scores'}",
+                     "--config.dashboard.top_k=3", f"--config.data.tokenizer={assets.smollm2_hf}",
+                     "--config.data.sources=('demo#n=6',)", "--config.data.mode=clean", "--config.data.context_size=64",
+                     "--config.data.num_rows=5", "--config.data.store_batch_rows=4", "--config.model.dtype=float32",
+                     f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   want = [t["feature"] for t in scores.top_k(3)]
@@ -345,7 +347,7 @@ def test_launch_end_to_end_in_chromium(launch_inputs, assets, tmp_path):
   assert f["reasonscore"]["score"] == pytest.approx(float(scores.scores[want[0]]))
   assert f["max_activation"] == f["top"][0]["value"] > 0 and len(f["top"]) == 20 and len(f["quantiles"]) == 10
   assert {"raw", "final_norm"} <= set(f["logit_lens"]) and len(f["logit_lens"]["raw"]["top"]) == 10
-  assert json.load(open(out / "run.json"))["flags"]["top_k"] == 3
+  assert json.load(open(out / "run.json"))["flags"]["config"]["dashboard"]["top_k"] == 3
 
   import html
   dom = _render_dom(out / f"feature_{want[0]}.html", tmp_path)
@@ -354,7 +356,8 @@ def test_launch_end_to_end_in_chromium(launch_inputs, assets, tmp_path):
     assert "".join(t.replace("\n", "↵") or "∅" for t in ex["text"]) in shown
   assert f"Feature {want[0]}" in dom and "Quantile groups" in dom
 
-  proc = _run_launch(f"--model={root / 'model'}", f"--sae={root / 'sae'}", f"--out={tmp_path / 'x'}", devices=1)
+  proc = _run_launch(f"--config.model.path={root / 'model'}", f"--sae={root / 'sae'}", f"--out={tmp_path / 'x'}",
+                     devices=1)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
       "error: give --scores (ReasonScore results) or --features=1,2,3")
 

@@ -242,20 +242,22 @@ def smollm2_perturbed(assets, tmp_path_factory):
   return str(out)
 
 
-CORPUS = ("--data=demo#n=8", "--context_size=64", "--packing=clean")
+CORPUS = ("--config.data.sources=('demo#n=8',)", "--config.data.context_size=64", "--config.data.mode=clean")
 
 
 def _run(*args, corpus=CORPUS):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "diff_models.py"), "--dtype=float32",
-                         *corpus, "--n_rows=0", "--batch_rows=4", "--top_k=5", "--verbosity=-1", *args],
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "diff_models.py"), "--config.model.dtype=float32",
+                         *corpus, "--config.data.num_rows=0", "--config.data.store_batch_rows=4",
+                         "--config.diff.top_k=5", "--verbosity=-1", *args],
                         capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_launch_end_to_end(assets, smollm2_perturbed, tmp_path):
   sae = selective_sae_dir(tmp_path / "sae", 576)
   out = tmp_path / "diff"
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={smollm2_perturbed}", f"--sae={sae}", f"--out={out}")
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.model.path={smollm2_perturbed}", f"--sae={sae}",
+              f"--out={out}")
   assert proc.returncode == 0, proc.stderr
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   meta = json.load(open(out / "diff.json"))
@@ -272,19 +274,20 @@ def test_launch_end_to_end(assets, smollm2_perturbed, tmp_path):
   np.testing.assert_array_equal(np.load(out / "b" / "scores.npy"), arrays["score_b"])
   png = (out / "diff.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (360, 360)
-  assert json.load(open(out / "run.json"))["flags"]["model_b"] == smollm2_perturbed
+  assert json.load(open(out / "run.json"))["flags"]["config"]["model"]["path"] == smollm2_perturbed
 
 
 def test_launch_errors(assets, tmp_path):
   tiny = tmp_path / "tiny"
   _tiny_hf("llama").save_pretrained(str(tiny))
   sae = selective_sae_dir(tmp_path / "sae576", 576)
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={tiny}", f"--sae={sae}", f"--out={tmp_path / 'o'}")
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.model.path={tiny}", f"--sae={sae}",
+              f"--out={tmp_path / 'o'}")
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert lines[-1].startswith("error: model widths differ: A hidden_size 576, B 64")
   sae = selective_sae_dir(tmp_path / "sae64", 64)
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={assets.smollm2_hf}", f"--sae={sae}",
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.model.path={assets.smollm2_hf}", f"--sae={sae}",
               f"--out={tmp_path / 'o'}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == "error: SAE d_in 64 != model width 576"
@@ -296,12 +299,14 @@ def test_launch_from_a_cache_equals_running_the_model(assets, smollm2_perturbed,
   sae = selective_sae_dir(tmp_path / "sae", 576)
   cache_b = collect_cache(smollm2_perturbed, tmp_path / "acts_b", "demo#n=8")
   n_rows = len(CachedRows(cache_b).rows)
-  common = (f"--sae={sae}", "--ignore_ids=0,1,2", f"--n_rows={n_rows}")
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--activations_b={cache_b}", f"--out={tmp_path / 'cached'}",
+  common = (f"--sae={sae}", "--config.reasonscore.ignore_ids=(0,1,2)", f"--config.data.num_rows={n_rows}")
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.activations.cache_dir={cache_b}",
+              f"--out={tmp_path / 'cached'}",
               *common, corpus=())
   assert proc.returncode == 0, proc.stderr
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={smollm2_perturbed}", f"--out={tmp_path / 'live'}",
-              "--shuffle_seed=-1", *common)
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.model.path={smollm2_perturbed}",
+              f"--out={tmp_path / 'live'}",
+              "--config.data.shuffle_seed=-1", *common)
   assert proc.returncode == 0, proc.stderr
   for name in ARRAYS:
     cached, live = (np.load(tmp_path / run / f"{name}.npy") for run in ("cached", "live"))
@@ -311,8 +316,10 @@ def test_launch_from_a_cache_equals_running_the_model(assets, smollm2_perturbed,
   assert meta["rows"] == n_rows
 
   other = collect_cache(assets.smollm2_hf, tmp_path / "acts_other", "demo#n=8,seed=3")
-  proc = _run(f"--activations_a={other}", f"--activations_b={cache_b}", f"--out={tmp_path / 'x'}", *common,
+  proc = _run(f"--activations_a={other}", f"--config.activations.cache_dir={cache_b}", f"--out={tmp_path / 'x'}",
+              *common,
               corpus=())
   assert proc.returncode != 0 and "activation caches hold different token rows" in proc.stderr.splitlines()[-1]
   proc = _run(f"--model_a={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'x'}")
-  assert proc.returncode != 0 and "exactly one of --model_b and --activations_b" in proc.stderr.splitlines()[-1]
+  assert proc.returncode != 0 and ("exactly one of --config.model.path (run model B) and "
+                                   "--config.activations.cache_dir") in proc.stderr.splitlines()[-1]

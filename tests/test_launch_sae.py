@@ -86,7 +86,7 @@ def test_train_sae_from_cache_exports_saelens(assets, tmp_path):
                              "--config.sae.batch_size=128", "--config.sae.d_sae=1152",
                              "--config.sae.lr_decay_steps=10", "--config.sae.l1_warm_up_steps=10",
                              "--config.sae.n_batches_for_norm_estimate=4", "--config.trainer.buffer_half_tokens=1024",
-                             "--config.trainer.progress=false"),
+                             "--config.trainer.progress=false", "--config.trainer.dead_window=500"),
                         capture_output=True, text=True, env=_env(), timeout=300)
   assert proc.returncode == 0, proc.stderr
   result = json.load(open(out / "result.json"))

@@ -202,9 +202,15 @@ def hf_tensor_name(path: tuple) -> tuple[str, bool]:
   return base + "." + leaf, False
 
 
-def abstract_model(cfg: ModelConfig, dtype):
-  """(graphdef, abstract state) without allocating weights."""
-  return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, dtype, rngs=nnx.Rngs(0))))
+def abstract_model(cfg: ModelConfig, dtype, mesh=None):
+  """(graphdef, abstract state) without allocating weights; with a `mesh`, every leaf a ShapeDtypeStruct with
+  the sharding the loaders place it on (what AOT compilation lowers with)."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, dtype, rngs=nnx.Rngs(0))))
+  if mesh is not None:
+    pure = nnx.to_pure_dict(state)
+    nnx.replace_by_pure_dict(state, jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), pure, shd.param_shardings(pure, mesh)))
+  return graphdef, state
 
 
 def load_model(source: str, dtype=jnp.bfloat16, mesh=None) -> Transformer:
