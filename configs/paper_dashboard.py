@@ -1,4 +1,4 @@
-"""The reference's dashboards (REFERENCE.md section 7), the default config of dashboard.py: the first 10,000 rows
+"""The reference's dashboards, the default config of dashboard.py: the first 10,000 rows
 of the extraction set, unshuffled, as SAEDashboard read them; no model is set (give --config.model.path)."""
 
 from configs import paper_reasonscore_extraction as extraction

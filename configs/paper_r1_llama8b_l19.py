@@ -1,4 +1,4 @@
-"""The paper's SAE (REFERENCE.md section 5): DeepSeek-R1-Distill-Llama-8B, resid_post of layer 19, 4096 -> 65536.
+"""The paper's SAE: DeepSeek-R1-Distill-Llama-8B, resid_post of layer 19, 4096 -> 65536.
 
   python launch/train_sae.py --config=configs/paper_r1_llama8b_l19.py --config.model.path=/ckpt/r1_llama8b
 

@@ -6,7 +6,7 @@ collect_activations.py caches once so that any SAE can be scored from the cache.
   python launch/reason_score.py --config.activations.cache_dir=gs://bucket/acts/extraction_l19 \
       --sae=path/to/sae --out=runs/rs
 
-The rows are REFERENCE.md 6.1's: the OpenThoughts 10k subset in the DeepSeek template, packed like
+The rows are the reference's: the OpenThoughts 10k subset in the DeepSeek template, packed like
 TransformerLens into 1024-token rows, shuffled with seed 42 as `datasets` does, the first 4096 (4.19M tokens).
 BOS/EOS are not cached; ReasonScore ignores them anyway. No model is set: give --config.model.path, or a cache
 of its activations (--config.activations.cache_dir).

@@ -1,4 +1,4 @@
-"""Static HTML dashboards of the top ReasonScore features (REFERENCE.md section 7).
+"""Static HTML dashboards of the top ReasonScore features.
 
   python launch/dashboard.py --config.model.path=runs/r1_llama8b --sae=path/to/saelens_dir \
       --scores=runs/reasonscore --out=runs/dashboards

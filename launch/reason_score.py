@@ -1,4 +1,4 @@
-"""ReasonScore of every SAE feature in one pass over the extraction corpus (REFERENCE.md section 6).
+"""ReasonScore of every SAE feature in one pass over the extraction corpus.
 
   python launch/reason_score.py --config.model.path=runs/r1_llama8b --sae=path/to/saelens_dir --out=runs/rs
 

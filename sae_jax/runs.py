@@ -57,7 +57,7 @@ class HookConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ReasonScoreConfig:
-  """ReasonScore (REFERENCE.md section 6); defaults are the paper's."""
+  """ReasonScore; defaults are the paper's."""
 
   vocab: str = ""  # JSON list of reasoning strings; "": the paper's 34 in 10 groups
   window: tuple[int, int] = PAPER_WINDOW  # tokens added left and right of every matched token

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 
 import numpy as np
 

@@ -1,8 +1,8 @@
 """The token rows a run reads (config section `data`), and the paper's two corpora.
 
-Defaults are the paper's training corpus (REFERENCE.md 4.1): LMSYS-Chat-1M and OpenThoughts-114k in the
-DeepSeek template, packed separately with TransformerLens' quirks, mixed half and half. The extraction set
-(REFERENCE.md 6.1) is one source, shuffled as `datasets` does (`shuffle_seed` >= 0), then its first rows.
+Defaults are the paper's training corpus: LMSYS-Chat-1M and OpenThoughts-114k in the DeepSeek template, packed
+separately with TransformerLens' quirks, mixed half and half. The paper's extraction set is one source, shuffled
+as `datasets` does (`shuffle_seed` >= 0), then its first rows.
 """
 
 import dataclasses
