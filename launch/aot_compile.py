@@ -20,45 +20,31 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from absl import flags  # noqa: E402
 
 import common  # noqa: E402
+from sae_jax import aot  # noqa: E402
 from sae_jax import io as sio  # noqa: E402
-from sae_jax.errors import exit_on_user_error  # noqa: E402
 
 # The mesh is config.mesh over the topology's devices (override with --config.mesh.fsdp=4 etc.).
 SECTIONS = ("model", "mesh", "data", "activations", "sae", "trainer")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("topology", None, "TPU topology to compile for, as libtpu names it: <chip>:<shape>, e.g. "
                     "v5e:2x2 (4 chips), v5e:4x4, v4:2x2x1, v5p:2x2x1, v6e:2x2.")
-common.define_config(SECTIONS)
+common.define_config(SECTIONS, out="Optional JSON file for the report (stdout gets it always); run.json is "
+                     "written beside it.")
 flags.DEFINE_list("stages", ["collect", "train_sae", "reason_score"], "Stages to compile: collect (model forward to "
                   "sae.hook_layer on data.store_batch_rows x data.context_size tokens), train_sae (one SAE step on "
                   "sae.batch_size activations), reason_score (one accumulator step on a collect batch).")
-flags.DEFINE_string("out", None, "Optional JSON file for the report (stdout gets it always); run.json is written "
-                    "beside it.")
 flags.adopt_module_key_flags(common)
 
 
-@exit_on_user_error
-def main(argv):
-  del argv
-  from sae_jax import aot
-  c = common.config(SECTIONS)
-  common.require("topology")
-  devices = aot.topology_devices(FLAGS.topology)
-  report = {"topology": FLAGS.topology, **aot.plan(c, devices, tuple(FLAGS.stages))}
-  for name, part in [*report["stages"].items(), *report["runs"].items()]:
-    if part["fits"] is False:
-      need = part["bytes_per_device"]
-      need = need["total"] if isinstance(need, dict) else need
-      why = (f"{need / aot.GIB:.2f} GiB per device > {part['hbm_per_device'] / aot.GIB:.0f} GiB HBM" if need
-             else part.get("xla_error", "a stage it needs does not fit"))
-      print(f"{name} does not fit: {why}; {part['advice']}", file=sys.stderr)
-    elif part.get("hbm_used", 0) > aot.TIGHT:
-      print(f"{name} fits only just: {part['hbm_used']:.0%} of the nominal HBM, and the runtime keeps some for "
-            "itself", file=sys.stderr)
+def plan(c) -> dict:
+  report = {"topology": FLAGS.topology, **aot.plan(c, aot.topology_devices(FLAGS.topology), tuple(FLAGS.stages))}
+  for line in aot.fit_warnings(report):
+    print(line, file=sys.stderr)
   if FLAGS.out:
     sio.write_json(FLAGS.out, report)
-  common.finish(os.path.dirname(os.path.abspath(FLAGS.out)) if FLAGS.out else None, report)
+  return report
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.main(SECTIONS, plan, required=("topology",),
+              out_dir=lambda c: os.path.dirname(os.path.abspath(FLAGS.out)) if FLAGS.out else None)

@@ -11,25 +11,14 @@ reason_score.py and diff_models.py can score them (`--config.activations.cache_d
 from absl import flags
 
 import common
-from sae_jax.errors import exit_on_user_error
+from sae_jax import runs
 
 SECTIONS = ("model", "mesh", "data", "sae")
 FLAGS = flags.FLAGS
-common.define_config(SECTIONS)
-flags.DEFINE_string("out", None, "Output dir of the shards and manifest (local or fsspec URL).")
+common.define_config(SECTIONS, out="Output dir of the shards and manifest (local or fsspec URL).")
 flags.DEFINE_integer("shard_tokens", 65536, "Activations per shard (the last partial shard is dropped).")
 flags.DEFINE_integer("max_batches", 0, "Stop after this many model batches (0: the whole corpus).")
 flags.adopt_module_key_flags(common)
 
-
-@exit_on_user_error
-def main(argv):
-  del argv
-  from sae_jax import runs
-  c = common.config(SECTIONS)
-  common.require("out")
-  common.finish(FLAGS.out, runs.collect(c, FLAGS.out, FLAGS.shard_tokens, FLAGS.max_batches))
-
-
 if __name__ == "__main__":
-  common.run(main)
+  common.main(SECTIONS, lambda c: runs.collect(c, FLAGS.out, FLAGS.shard_tokens, FLAGS.max_batches), ("out",))

@@ -13,31 +13,26 @@ pages are self-contained (no JS, no server, no external assets).
 from absl import flags
 
 import common
-from sae_jax.errors import UserError, exit_on_user_error
+from sae_jax import runs
+from sae_jax.errors import UserError
 
 SECTIONS = ("model", "mesh", "data", "hook", "reasonscore", "dashboard", "autointerp")
 FLAGS = flags.FLAGS
-common.define_config(SECTIONS, default="paper_dashboard.py")
-flags.DEFINE_string("sae", None, "SAE dir in SAELens format (ours or e.g. the paper's released SAE).")
+common.define_config(SECTIONS, default="paper_dashboard.py", sae=common.SAE_HELP,
+                     out="Output dir (replaced atomically; must be new or an earlier dashboard).")
 flags.DEFINE_string("scores", None, "ReasonScore results dir (launch/reason_score.py --out): the features are "
                     "its dashboard.top_k best, shown with their per-word breakdown.")
 flags.DEFINE_list("features", None, "Feature ids to show, in this order (instead of the best of --scores).")
-flags.DEFINE_string("out", None, "Output dir (replaced atomically; must be new or an earlier dashboard).")
 flags.adopt_module_key_flags(common)
 
 
-@exit_on_user_error
-def main(argv):
-  del argv
-  from sae_jax import runs
-  c = common.config(SECTIONS)
-  common.require("sae", "out")
+def dashboard(c) -> dict:
   try:
     features = [int(f) for f in FLAGS.features or ()]
   except ValueError:
     raise UserError(f"--features must be integers, got {FLAGS.features}") from None
-  common.finish(FLAGS.out, runs.dashboard(c, FLAGS.sae, FLAGS.out, FLAGS.scores, features))
+  return runs.dashboard(c, FLAGS.sae, FLAGS.out, FLAGS.scores, features)
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.main(SECTIONS, dashboard)

@@ -16,29 +16,18 @@ run.json. Either model may be replaced by a cache of its activations (--activati
 from absl import flags
 
 import common
-from sae_jax.errors import exit_on_user_error
+from sae_jax import runs
 
 SECTIONS = ("model", "mesh", "data", "activations", "hook", "reasonscore", "diff")
 FLAGS = flags.FLAGS
-common.define_config(SECTIONS, default="paper_reasonscore_extraction.py")
+common.define_config(SECTIONS, default="paper_reasonscore_extraction.py", out="Output dir.",
+                     sae="SAE dir in SAELens format, applied to both models (usually trained on B).")
 flags.DEFINE_string("model_a", None, "Model A, the reference (e.g. the base model): converted checkpoint dir, HF "
                     "dir, .gguf or hub id; same width as B (--config.model.path), read with model.dtype.")
 flags.DEFINE_string("activations_a", None, "Instead of --model_a: a cache of A's activations "
                     "(launch/collect_activations.py) on the same rows as B's.")
-flags.DEFINE_string("sae", None, "SAE dir in SAELens format, applied to both models (usually trained on B).")
-flags.DEFINE_string("out", None, "Output dir.")
 flags.adopt_module_key_flags(common)
 
-
-@exit_on_user_error
-def main(argv):
-  del argv
-  from sae_jax import runs
-  c = common.config(SECTIONS)
-  common.require("sae", "out")
-  common.finish(FLAGS.out, runs.diff_models(c, FLAGS.sae, FLAGS.out, model_a=FLAGS.model_a or "",
-                                            activations_a=FLAGS.activations_a or "", given=common.given()))
-
-
 if __name__ == "__main__":
-  common.run(main)
+  common.main(SECTIONS, lambda c: runs.diff_models(c, FLAGS.sae, FLAGS.out, model_a=FLAGS.model_a or "",
+                                                   activations_a=FLAGS.activations_a or "", given=common.given()))

@@ -15,24 +15,12 @@ rows (the first data.num_rows) and activations are scored, so one collection ser
 from absl import flags
 
 import common
-from sae_jax.errors import exit_on_user_error
+from sae_jax import runs
 
 SECTIONS = ("model", "mesh", "data", "activations", "hook", "reasonscore")
 FLAGS = flags.FLAGS
-common.define_config(SECTIONS, default="paper_reasonscore_extraction.py")
-flags.DEFINE_string("sae", None, "SAE dir in SAELens format (ours or e.g. the paper's released SAE).")
-flags.DEFINE_string("out", None, "Output dir.")
+common.define_config(SECTIONS, default="paper_reasonscore_extraction.py", sae=common.SAE_HELP, out="Output dir.")
 flags.adopt_module_key_flags(common)
 
-
-@exit_on_user_error
-def main(argv):
-  del argv
-  from sae_jax import runs
-  c = common.config(SECTIONS)
-  common.require("sae", "out")
-  common.finish(FLAGS.out, runs.reason_score(c, FLAGS.sae, FLAGS.out, given=common.given()))
-
-
 if __name__ == "__main__":
-  common.run(main)
+  common.main(SECTIONS, lambda c: runs.reason_score(c, FLAGS.sae, FLAGS.out, given=common.given()))

@@ -11,22 +11,11 @@ SAE in SAELens format under `trainer.out_dir`/sae.
 from absl import flags
 
 import common
-from sae_jax.errors import exit_on_user_error
+from sae_jax import runs
 
 SECTIONS = ("model", "mesh", "data", "activations", "sae", "trainer", "eval")
-FLAGS = flags.FLAGS
 common.define_config(SECTIONS)
 flags.adopt_module_key_flags(common)
 
-
-@exit_on_user_error
-def main(argv):
-  del argv
-  from sae_jax import runs
-  c = common.config(SECTIONS)
-  result = runs.train(c)
-  common.finish(runs.section(c, "trainer").out_dir, result)
-
-
 if __name__ == "__main__":
-  common.run(main)
+  common.main(SECTIONS, runs.train, required=(), out_dir=lambda c: runs.section(c, "trainer").out_dir)

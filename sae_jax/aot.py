@@ -267,6 +267,22 @@ def runs(stages: dict, sae_cfg, hbm, data, trainer, from_cache: bool = False) ->
   return out
 
 
+def fit_warnings(report: dict) -> list[str]:
+  """One line per stage or script of a `plan` report that does not fit, or fits only just, with its advice."""
+  lines = []
+  for name, part in [*report["stages"].items(), *report["runs"].items()]:
+    if part["fits"] is False:
+      need = part["bytes_per_device"]
+      need = need["total"] if isinstance(need, dict) else need
+      why = (f"{need / GIB:.2f} GiB per device > {part['hbm_per_device'] / GIB:.0f} GiB HBM" if need
+             else part.get("xla_error", "a stage it needs does not fit"))
+      lines.append(f"{name} does not fit: {why}; {part['advice']}")
+    elif part.get("hbm_used", 0) > TIGHT:
+      lines.append(f"{name} fits only just: {part['hbm_used']:.0%} of the nominal HBM, and the runtime keeps some "
+                   "for itself")
+  return lines
+
+
 def _known_ids():
   from sae_jax.models.config import KNOWN_HF_CONFIGS
   return sorted(KNOWN_HF_CONFIGS)
