@@ -12,12 +12,13 @@ BOS/EOS are not cached; ReasonScore ignores them anyway. No model is set: give -
 of its activations (--config.activations.cache_dir).
 """
 
-from configs import paper_r1_llama8b_l19 as paper
-from sae_jax.data.corpus import PAPER_EXTRACTION_SOURCE
+from configs import paper_r1_llama8b_l19
+from sae_jax import paper
 
 
 def get_config():
-  c = paper.get_config()
+  c = paper_r1_llama8b_l19.get_config()
   c.model.path = ""
-  c.data.update(sources=(PAPER_EXTRACTION_SOURCE,), num_rows=4096, shuffle_seed=42)
+  c.data.update(sources=(paper.EXTRACTION_SOURCE,), num_rows=paper.EXTRACTION_ROWS,
+                shuffle_seed=paper.EXTRACTION_SHUFFLE_SEED)
   return c

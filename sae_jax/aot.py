@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from sae_jax import paper
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 
@@ -177,9 +178,9 @@ def compile_reason_score(sae_cfg, batch_rows: int, context_size: int, mesh, voca
 
 def placeholder_vocabulary():
   """The paper's reasoning strings, each word one made-up token id (" let me" two)."""
-  from sae_jax.features.vocab import DEFAULT_REASON_STRINGS, Vocabulary
-  return Vocabulary(DEFAULT_REASON_STRINGS,
-                    tuple(tuple(range(10 * i, 10 * i + len(s.split()))) for i, s in enumerate(DEFAULT_REASON_STRINGS)))
+  from sae_jax.features.vocab import Vocabulary
+  return Vocabulary(paper.REASON_STRINGS, tuple(tuple(range(10 * i, 10 * i + len(s.split())))
+                                                for i, s in enumerate(paper.REASON_STRINGS)))
 
 
 # ---- a whole config ----

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from sae_jax import io as sio
+from sae_jax import paper
 from sae_jax.activations.collect import ActivationSource, make_site_fn
 from sae_jax.activations.shards import ActivationsConfig, CachedRows, ShardReader, ShardWriter, fill_cache
 from sae_jax.data.corpus import CorpusConfig
@@ -29,9 +30,8 @@ from sae_jax.features.autointerp import label_features
 from sae_jax.features.dashboard import (DashboardConfig, build_dashboards, check_features, collect_feature_stats,
                                         unembedding, write_dashboards)
 from sae_jax.features.masks import MODES as WINDOW_MODES
-from sae_jax.features.masks import PAPER_WINDOW
-from sae_jax.features.reasonscore import PAPER_ALPHA, ReasonScores, reasonscore_corpus
-from sae_jax.features.vocab import DEFAULT_REASON_STRINGS, Vocabulary, load_reason_strings
+from sae_jax.features.reasonscore import ReasonScores, reasonscore_corpus
+from sae_jax.features.vocab import Vocabulary, load_reason_strings
 from sae_jax.models.checkpoint import ModelSpec
 from sae_jax.models.sharding import MeshConfig, batch_sharding, maybe_initialize_distributed
 from sae_jax.sae import SAE, SAEConfig, load_saelens
@@ -60,9 +60,9 @@ class ReasonScoreConfig:
   """ReasonScore; defaults are the paper's."""
 
   vocab: str = ""  # JSON list of reasoning strings; "": the paper's 34 in 10 groups
-  window: tuple[int, int] = PAPER_WINDOW  # tokens added left and right of every matched token
+  window: tuple[int, int] = paper.WINDOW  # tokens added left and right of every matched token
   window_mode: str = "reference"  # the reference's distinct-starts/ends rule; "intended": plain union
-  alpha: float = PAPER_ALPHA  # entropy exponent
+  alpha: float = paper.ALPHA  # entropy exponent
   ignore_ids: tuple[int, ...] | None = None  # left out of every statistic; None: the tokenizer's BOS and EOS
   top_k: int = 100  # features listed in top_k.json
 
@@ -73,7 +73,7 @@ class ReasonScoreConfig:
       raise UserError(f"reasonscore.top_k must be positive, got {self.top_k}")
 
   def vocabulary(self, tokenizer) -> Vocabulary:
-    strings = load_reason_strings(self.vocab) if self.vocab else DEFAULT_REASON_STRINGS
+    strings = load_reason_strings(self.vocab) if self.vocab else paper.REASON_STRINGS
     return Vocabulary.from_tokenizer(tokenizer, strings)
 
   def ignored(self, tokenizer) -> tuple[int, ...]:

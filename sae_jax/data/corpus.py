@@ -1,4 +1,4 @@
-"""The token rows a run reads (config section `data`), and the paper's two corpora.
+"""The token rows a run reads (config section `data`).
 
 Defaults are the paper's training corpus: LMSYS-Chat-1M and OpenThoughts-114k in the DeepSeek template, packed
 separately with TransformerLens' quirks, mixed half and half. The paper's extraction set is one source, shuffled
@@ -9,25 +9,22 @@ import dataclasses
 
 import numpy as np
 
+from sae_jax import paper
 from sae_jax.data.packing import MODES, build_rows, extraction_rows
 from sae_jax.data.tokenizers import load_tokenizer
 from sae_jax.errors import UserError
-
-PAPER_TRAINING_SOURCES = ("lmsys/lmsys-chat-1m#builder=lmsys,weight=1",
-                          "open-thoughts/OpenThoughts-114k#builder=openthoughts,config=metadata,weight=1")
-PAPER_EXTRACTION_SOURCE = "open-thoughts/OpenThoughts-114k#builder=openthoughts_subset,config=metadata"
 
 
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
   """Text sources (`PATH#key=value,...`, see `parse_source`) packed into int32 rows of `context_size`."""
 
-  sources: tuple[str, ...] = PAPER_TRAINING_SOURCES
+  sources: tuple[str, ...] = paper.TRAINING_SOURCES
   tokenizer: str = ""  # dir or hub id; "": the model's
   context_size: int = 1024
   mode: str = "reference"  # TransformerLens' 20-chunk BOS quirk; "clean" joins documents with EOS
   add_bos: bool = False
-  num_rows: int = 800_000  # 0: every row (819.2M training tokens + the norm estimate at 1024 a row)
+  num_rows: int = paper.TRAINING_ROWS  # 0: every row
   store_batch_rows: int = 8  # rows per model call (SAELens' store_batch_size_prompts)
   seed: int = 42  # of the mix of sources
   shuffle_seed: int = -1  # >= 0: shuffle the packed rows of one source as `datasets` does (the extraction set)

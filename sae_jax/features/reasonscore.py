@@ -20,13 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae_jax import io as sio
+from sae_jax import paper
 from sae_jax.errors import UserError
 from sae_jax.features.masks import PAPER_IGNORE_IDS, PAPER_WINDOW, check_mask_settings, reason_masks
 from sae_jax.features.vocab import Vocabulary
 from sae_jax.models import sharding as shd
 from sae_jax.sae import SAE, SAEConfig
 
-PAPER_ALPHA = 0.7
+PAPER_ALPHA = paper.ALPHA
 EPS = 1e-12
 ARRAYS = ("scores", "mu_pos", "mu_neg", "group_means", "entropy", "entropy_norm")
 META_FILE = "reasonscore.json"  # written last: its presence means the arrays beside it are complete
