@@ -12,8 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
-from sae_jax.sae import (SAE, SAEConfig, init_params, init_train_state, loss,
-                         make_train_step, param_specs)
+from sae_jax.sae import SAE, SAEConfig, init_params, init_train_state, loss, make_train_step
 from sae_jax.sae import batchtopk as btk_mod
 from sae_jax.sae import topk as topk_mod
 from sae_jax.sae.base import project_out_parallel
