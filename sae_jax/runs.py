@@ -211,10 +211,10 @@ def producer(c, sae_cfg: SAEConfig, mesh):
 
 
 @contextlib.contextmanager
-def _progress(desc: str, unit: str = "row", enabled: bool = True):
+def _progress(desc: str, unit: str = "row"):
   """A tqdm bar as a `progress(done, total)` callback."""
   from tqdm import tqdm
-  bar = tqdm(desc=desc, unit=unit, mininterval=2.0, disable=not enabled)
+  bar = tqdm(desc=desc, unit=unit, mininterval=2.0)
 
   def update(done, total):
     bar.total = total
