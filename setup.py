@@ -21,7 +21,7 @@ setup(
     install_requires=_requirements(),
     extras_require={
         "test": ["pytest==9.2.0", "torch==2.13.0"],
-        "tpu": ["libtpu==0.0.52"],
+        "tpu": ["libtpu==0.0.42.1"],
         "demo": ["reasoning-gym==0.1.25", "gguf==0.19.0"],
     },
 )

@@ -1,20 +1,24 @@
-"""Activations of the paper's ReasonScore extraction set, to collect once and score any SAE from the cache.
+"""The paper's ReasonScore extraction set: the default config of reason_score.py and diff_models.py, and what
+collect_activations.py caches once so that any SAE can be scored from the cache.
 
   python launch/collect_activations.py --config=configs/paper_reasonscore_extraction.py \
       --config.model.path=/ckpt/r1_llama8b --out=gs://bucket/acts/extraction_l19
-  python launch/reason_score.py --activations=gs://bucket/acts/extraction_l19 --sae=path/to/sae --out=runs/rs
+  python launch/reason_score.py --config.activations.cache_dir=gs://bucket/acts/extraction_l19 \
+      --sae=path/to/sae --out=runs/rs
 
-The rows are REFERENCE.md 6.1's: the OpenThoughts 10k subset in the DeepSeek template, packed like
+The rows are the reference's: the OpenThoughts 10k subset in the DeepSeek template, packed like
 TransformerLens into 1024-token rows, shuffled with seed 42 as `datasets` does, the first 4096 (4.19M tokens).
-BOS/EOS are not cached; ReasonScore ignores them anyway.
+BOS/EOS are not cached; ReasonScore ignores them anyway. No model is set: give --config.model.path, or a cache
+of its activations (--config.activations.cache_dir).
 """
 
-from configs import paper_r1_llama8b_l19 as paper
+from configs import paper_r1_llama8b_l19
+from sae_jax import paper
 
 
 def get_config():
-  c = paper.get_config()
-  c.data.sources = ("open-thoughts/OpenThoughts-114k#builder=openthoughts_subset,config=metadata",)
-  c.data.num_rows = 4096
-  c.data.shuffle_seed = 42
+  c = paper_r1_llama8b_l19.get_config()
+  c.model.path = ""
+  c.data.update(sources=(paper.EXTRACTION_SOURCE,), num_rows=paper.EXTRACTION_ROWS,
+                shuffle_seed=paper.EXTRACTION_SHUFFLE_SEED)
   return c

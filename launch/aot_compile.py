@@ -11,61 +11,40 @@ per step; and `runs`: what train_sae.py and reason_score.py hold on a device at 
 written there, with run.json beside it.
 """
 
-import json
 import os
 import sys
 
 # The topology's devices are compile-only; the process itself runs on the CPU (set before jax is imported).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from sae_jax import runinfo  # noqa: E402
-from sae_jax.errors import UserError, exit_on_user_error  # noqa: E402
+import common  # noqa: E402
+from sae_jax import aot  # noqa: E402
+from sae_jax import io as sio  # noqa: E402
 
+# The mesh is config.mesh over the topology's devices (override with --config.mesh.fsdp=4 etc.).
+SECTIONS = ("model", "mesh", "data", "activations", "sae", "trainer")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("topology", None, "TPU topology to compile for, as libtpu names it: <chip>:<shape>, e.g. "
-                    "v5e:2x2 (4 chips), v5e:4x4, v4:2x2x1, v5p:2x2x1, v6e:2x2.", required=True)
-config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py); the mesh is config.mesh over the "
-                                "topology's devices (override with --config.mesh.fsdp=4 etc.).")
+                    "v5e:2x2 (4 chips), v5e:4x4, v4:2x2x1, v5p:2x2x1, v6e:2x2.")
+common.define_config(SECTIONS, out="Optional JSON file for the report (stdout gets it always); run.json is "
+                     "written beside it.")
 flags.DEFINE_list("stages", ["collect", "train_sae", "reason_score"], "Stages to compile: collect (model forward to "
                   "sae.hook_layer on data.store_batch_rows x data.context_size tokens), train_sae (one SAE step on "
                   "sae.batch_size activations), reason_score (one accumulator step on a collect batch).")
-flags.DEFINE_string("out", None, "Optional JSON file for the report (stdout gets it always); run.json is written "
-                    "beside it.")
+flags.adopt_module_key_flags(common)
 
 
-@exit_on_user_error
-def main(argv):
-  del argv
-  from sae_jax import aot
-  c = FLAGS.config
-  if c is None:
-    raise UserError("--config is required")
-  devices = aot.topology_devices(FLAGS.topology)
-  report = {"topology": FLAGS.topology, **aot.plan(c, devices, tuple(FLAGS.stages))}
-  for name, part in [*report["stages"].items(), *report["runs"].items()]:
-    if part["fits"] is False:
-      need = part["bytes_per_device"]
-      need = need["total"] if isinstance(need, dict) else need
-      why = (f"{need / aot.GIB:.2f} GiB per device > {part['hbm_per_device'] / aot.GIB:.0f} GiB HBM" if need
-             else part.get("xla_error", "a stage it needs does not fit"))
-      print(f"{name} does not fit: {why}; {part['advice']}", file=sys.stderr)
-    elif part.get("hbm_used", 0) > aot.TIGHT:
-      print(f"{name} fits only just: {part['hbm_used']:.0%} of the nominal HBM, and the runtime keeps some for "
-            "itself", file=sys.stderr)
-  text = json.dumps(report, indent=2)
+def plan(c) -> dict:
+  report = {"topology": FLAGS.topology, **aot.plan(c, aot.topology_devices(FLAGS.topology), tuple(FLAGS.stages))}
+  for line in aot.fit_warnings(report):
+    print(line, file=sys.stderr)
   if FLAGS.out:
-    out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = FLAGS.out + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(text + "\n")
-    os.replace(tmp, FLAGS.out)
-    runinfo.write_run_json(out_dir, {**runinfo.main_flags(), "config": c.to_dict()})
-  print(text)
+    sio.write_json(FLAGS.out, report)
+  return report
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.main(SECTIONS, plan, required=("topology",),
+              out_dir=lambda c: os.path.dirname(os.path.abspath(FLAGS.out)) if FLAGS.out else None)

@@ -12,7 +12,7 @@ import time
 from absl import app, flags
 
 from sae_jax import runinfo
-from sae_jax.errors import UserError, exit_on_user_error
+from sae_jax.errors import exit_on_user_error
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF checkpoint dir, .gguf file, or hub id (owner/name).", required=True)

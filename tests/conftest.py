@@ -72,11 +72,11 @@ def collect_cache(model_dir, out, source: str, layer: int = 5, shard_tokens: int
 def selective_sae_dir(path, d_in: int, hook_layer: int = 5) -> str:
   """A random standard SAE (256 latents) in SAELens format whose features fire selectively."""
   import numpy as np
-  from sae_jax.sae import SAEConfig, init_sae_params, save_saelens
+  from sae_jax.sae import SAE, SAEConfig, init_params, save_saelens
   cfg = SAEConfig(d_in=d_in, d_sae=256, hook_layer=hook_layer, exclude_special_tokens=(1, 2))
-  params = jax.tree.map(np.asarray, init_sae_params(cfg, jax.random.key(0)))
+  params = jax.tree.map(np.asarray, init_params(cfg, jax.random.key(0)))
   params["b_enc"] = params["b_enc"] - 0.5  # the heuristic init fires everywhere; make it selective
-  return save_saelens(str(path), params, cfg)
+  return save_saelens(str(path), SAE(params, cfg))
 
 
 class CompileCounter:

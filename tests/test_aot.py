@@ -114,8 +114,8 @@ def test_errors(v5e, monkeypatch):
 def test_known_hub_ids_have_the_published_sizes(assets):
   import jax.numpy as jnp
   from flax import nnx
-  from sae_jax.models.config import KNOWN_HF_CONFIGS, peek_config
-  from sae_jax.models.loading import abstract_model
+  from sae_jax.models.config import KNOWN_HF_CONFIGS
+  from sae_jax.models.loading import abstract_model, peek_config
   published = {"deepseek-ai/DeepSeek-R1-Distill-Llama-8B": 8_030_261_248, "meta-llama/Llama-3.1-8B": 8_030_261_248,
                "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": 1_777_088_000,
                "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": 7_615_616_512}

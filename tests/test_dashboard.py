@@ -17,6 +17,7 @@ from sae_jax.features import Vocabulary
 from sae_jax.features.dashboard import (DashboardAccumulator, DashboardConfig, build_dashboards,
                                         collect_feature_stats, logit_lens, sample_keys, unembedding,
                                         write_dashboards)
+from sae_jax.sae import SAE, SAEConfig
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
@@ -85,7 +86,8 @@ def _check_against_dense(got, want, tokens, cfg):
 
 def _identity_params(n):
   eye = np.eye(n, dtype=np.float32)
-  return {"W_enc": eye, "b_enc": np.zeros(n, np.float32), "W_dec": eye.copy(), "b_dec": np.zeros(n, np.float32)}
+  return SAE({"W_enc": eye, "b_enc": np.zeros(n, np.float32), "W_dec": eye.copy(), "b_dec": np.zeros(n, np.float32)},
+             SAEConfig(d_in=n, d_sae=n))
 
 
 def _synthetic(seed=0, rows=12, length=40):
@@ -165,6 +167,7 @@ def test_tiny_model_hand_set_sae(tiny_model):
   w_dec = rng.normal(size=(d_sae, d)) * np.array([1, 2.5, 1, 1, 0.3, 1])[:, None]  # non-unit rows: folded
   params = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": rng.normal(size=d) * 0.01}
   params = {k: v.astype(np.float32) for k, v in params.items()}
+  sae = SAE(params, SAEConfig(d_in=d, d_sae=d_sae))
   tokens = rng.integers(0, 128, size=(7, 24))
   tokens[tokens == target] = 3
   hits = [(0, 5), (2, 0), (2, 23), (4, 11), (6, 11)]
@@ -180,7 +183,7 @@ def test_tiny_model_hand_set_sae(tiny_model):
 
   cfg = DashboardConfig(n_top=6, context=(3, 3), grid_bins=512, sample_cells=128)
   site_fn = make_site_fn(model, 0, "resid_pre")
-  stats = collect_feature_stats(site_fn, tokens, params, features, batch_rows=3, config=cfg)  # 3 + 3 + 1(+2 pad)
+  stats = collect_feature_stats(site_fn, tokens, sae, features, batch_rows=3, config=cfg)  # 3 + 3 + 1(+2 pad)
   want = _dense(tokens, dense[..., features].astype(np.float32), features, cfg)
   detector = stats[1]
   assert detector["n_active"] == len(hits) and detector["density"] == pytest.approx(len(hits) / tokens.size)
@@ -303,7 +306,7 @@ def launch_inputs(assets, tmp_path_factory):
   import torch
   import transformers
   from sae_jax.features.reasonscore import scores_from_sums
-  from sae_jax.sae import SAEConfig, save_saelens
+  from sae_jax.sae import save_saelens
   root = tmp_path_factory.mktemp("dash_launch")
   torch.manual_seed(0)
   cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -314,8 +317,9 @@ def launch_inputs(assets, tmp_path_factory):
   d_sae = 24
   params = {"W_enc": rng.normal(size=(32, d_sae)), "b_enc": np.zeros(d_sae), "W_dec": rng.normal(size=(d_sae, 32)),
             "b_dec": np.zeros(32)}
-  save_saelens(str(root / "sae"), {k: v.astype(np.float32) for k, v in params.items()},
-               SAEConfig(d_in=32, d_sae=d_sae, hook_layer=1, hook_site="resid_post", context_size=64))
+  save_saelens(str(root / "sae"), SAE({k: v.astype(np.float32) for k, v in params.items()},
+                                      SAEConfig(d_in=32, d_sae=d_sae, hook_layer=1, hook_site="resid_post",
+                                                context_size=64)))
   groups = Vocabulary.from_tokenizer(transformers.AutoTokenizer.from_pretrained(assets.smollm2_hf)).group_names
   scores = scores_from_sums(rng.random((2 + len(groups), d_sae)), np.full(2 + len(groups), 100), groups)
   scores.save(str(root / "scores"))
@@ -325,9 +329,11 @@ def launch_inputs(assets, tmp_path_factory):
 def test_launch_end_to_end_in_chromium(launch_inputs, assets, tmp_path):
   root, scores = launch_inputs
   out = tmp_path / "dash"
-  proc = _run_launch(f"--model={root / 'model'}", f"--sae={root / 'sae'}", f"--scores={root / 'scores'}",
-                     "--top_k=3", f"--tokenizer={assets.smollm2_hf}", "--data=demo#n=6", "--packing=clean",
-                     "--context_size=64", "--n_rows=5", "--batch_rows=4", "--dtype=float32", f"--out={out}")
+  proc = _run_launch(f"--config.model.path={root / 'model'}", f"--sae={root / 'sae'}", f"--scores={root / 'scores'}",
+                     "--config.dashboard.top_k=3", f"--config.data.tokenizer={assets.smollm2_hf}",
+                     "--config.data.sources=('demo#n=6',)", "--config.data.mode=clean", "--config.data.context_size=64",
+                     "--config.data.num_rows=5", "--config.data.store_batch_rows=4", "--config.model.dtype=float32",
+                     f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   want = [t["feature"] for t in scores.top_k(3)]
@@ -341,7 +347,7 @@ def test_launch_end_to_end_in_chromium(launch_inputs, assets, tmp_path):
   assert f["reasonscore"]["score"] == pytest.approx(float(scores.scores[want[0]]))
   assert f["max_activation"] == f["top"][0]["value"] > 0 and len(f["top"]) == 20 and len(f["quantiles"]) == 10
   assert {"raw", "final_norm"} <= set(f["logit_lens"]) and len(f["logit_lens"]["raw"]["top"]) == 10
-  assert json.load(open(out / "run.json"))["flags"]["top_k"] == 3
+  assert json.load(open(out / "run.json"))["flags"]["config"]["dashboard"]["top_k"] == 3
 
   import html
   dom = _render_dom(out / f"feature_{want[0]}.html", tmp_path)
@@ -350,7 +356,8 @@ def test_launch_end_to_end_in_chromium(launch_inputs, assets, tmp_path):
     assert "".join(t.replace("\n", "↵") or "∅" for t in ex["text"]) in shown
   assert f"Feature {want[0]}" in dom and "Quantile groups" in dom
 
-  proc = _run_launch(f"--model={root / 'model'}", f"--sae={root / 'sae'}", f"--out={tmp_path / 'x'}", devices=1)
+  proc = _run_launch(f"--config.model.path={root / 'model'}", f"--sae={root / 'sae'}", f"--out={tmp_path / 'x'}",
+                     devices=1)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
       "error: give --scores (ReasonScore results) or --features=1,2,3")
 
@@ -372,7 +379,6 @@ def test_autointerp_prompt(tmp_path):
 @pytest.mark.parametrize("arch", ["standard", "jumprelu", "topk"])
 def test_sliced_encoder_equals_full_encode(arch):
   """Only the chosen columns are encoded (all of them for TopK, whose selection needs every latent)."""
-  from sae_jax.sae import SAEConfig, encode, fold_W_dec_norm
   rng = np.random.default_rng(3)
   d, n = 8, 12
   params = {"W_enc": rng.normal(size=(d, n)), "b_enc": rng.normal(size=n) * 0.1,
@@ -383,10 +389,11 @@ def test_sliced_encoder_equals_full_encode(arch):
   cfg = SAEConfig(d_in=d, d_sae=n, architecture=arch, k=3)
   x = rng.normal(size=(2, 5, d)).astype(np.float32)
   features = [7, 0, 11]
-  acc = DashboardAccumulator(params, features, sae_cfg=cfg)
-  want = np.asarray(encode(fold_W_dec_norm(params), x, cfg))[..., features]
+  sae = SAE(params, cfg)
+  acc = DashboardAccumulator(sae, features)
+  want = np.asarray(sae.folded().encode(x))[..., features]
   np.testing.assert_allclose(np.asarray(acc.encode(x)), want, rtol=1e-5, atol=1e-6)
   assert (want > 0).any()
   for bad, msg in (([12], "feature 12 is out of range"), ([1, 1], "repeat"), ([], "no features")):
     with pytest.raises(UserError, match=msg):
-      DashboardAccumulator(params, bad, sae_cfg=cfg)
+      DashboardAccumulator(sae, bad)

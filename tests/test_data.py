@@ -453,7 +453,7 @@ def test_extraction_rows_shuffle_like_datasets_and_config_path(assets, smol):
   """`datasets.Dataset.shuffle(seed)` is `np.random.default_rng(seed).permutation(n)`; the reference then takes
   the first rows. A collection config with data.shuffle_seed gives the same rows."""
   from configs import demo_smollm2
-  from sae_jax.activations.pipeline import token_rows_from_config
+  from sae_jax.runs import token_rows
   from sae_jax.data.packing import extraction_rows
   plain = D.build_rows(["demo#n=10"], smol, context_size=64, mode="clean")
   assert len(plain) > 12
@@ -464,7 +464,7 @@ def test_extraction_rows_shuffle_like_datasets_and_config_path(assets, smol):
   c = demo_smollm2.get_config()
   c.model.path = assets.smollm2_hf
   c.data.update(sources=("demo#n=10",), context_size=64, num_rows=12, shuffle_seed=42)
-  np.testing.assert_array_equal(token_rows_from_config(c), got)
+  np.testing.assert_array_equal(token_rows(c), got)
   c.data.sources = ("demo#n=10", "demo#n=3")
   with pytest.raises(UserError, match="takes one source"):
-    token_rows_from_config(c)
+    token_rows(c)

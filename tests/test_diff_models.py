@@ -21,7 +21,7 @@ from sae_jax.features.diffing import (ARRAYS, FeatureStatsAccumulator, ModelDiff
                                       density_scatter_png, diff_stats, model_stats, png_bytes)
 from sae_jax.features.reasonscore import reasonscore_corpus, reasonscore_dense
 from sae_jax.features.vocab import Vocabulary
-from sae_jax.sae import SAEConfig, init_sae_params, save_saelens
+from sae_jax.sae import SAE, SAEConfig, init_params
 
 LAYER, D_SAE = 2, 96
 VOCAB = Vocabulary(("wait", " wait", "hmm", "let me"), ((5,), (6,), (7,), (8, 9)))
@@ -29,15 +29,15 @@ IGNORE = (0, 1)
 WINDOW = (1, 2)
 
 
-def _sae_params(d_in, d_sae, spread, seed=0):
+def _sae(d_in, d_sae, spread, seed=0):
   """Standard SAE, decoder rows not unit norm (so the fold matters), biases spread for varied densities."""
   cfg = SAEConfig(d_in=d_in, d_sae=d_sae, hook_layer=LAYER)
-  params = jax.tree.map(np.asarray, init_sae_params(cfg, jax.random.key(seed)))
+  params = jax.tree.map(np.asarray, init_params(cfg, jax.random.key(seed)))
   rng = np.random.default_rng(seed)
   params["W_dec"] = params["W_dec"] * rng.uniform(0.5, 2.0, (d_sae, 1)).astype(np.float32)
   params["b_enc"] = rng.uniform(-3 * spread, spread, d_sae).astype(np.float32)
   params["b_dec"] = rng.normal(0, spread / 4, d_in).astype(np.float32)
-  return cfg, params
+  return SAE(params, cfg)
 
 
 def _rows(n=8, length=24, seed=0):
@@ -69,9 +69,9 @@ def tiny_pair(tmp_path_factory):
   return tuple(checkpoint.load_any(d, dtype=jnp.float32) for d in dirs), dirs
 
 
-def _dense(acts, tokens, cfg, params):
+def _dense(acts, tokens, sae):
   """Folded standard-SAE features in float64 numpy, then the statistics over non-ignored tokens."""
-  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  cfg, p = sae.cfg, {k: np.asarray(v, np.float64) for k, v in sae.params.items()}
   n = np.linalg.norm(p["W_dec"], axis=1)
   x = np.asarray(acts, np.float64) - (p["b_dec"] if cfg.apply_b_dec_to_input else 0)
   f = np.maximum(x @ (p["W_enc"] * n) + p["b_enc"] * n, 0)
@@ -87,9 +87,9 @@ def _stats(model, rows, acc, mesh=None, batch_rows=4):
 def test_same_model_twice_gives_ratio_one(tiny_pair):
   from sae_jax.activations.collect import make_site_fn
   model = tiny_pair[0][0]
-  cfg, params = _sae_params(64, D_SAE, 0.03)
+  sae = _sae(64, D_SAE, 0.03)
   rows = _rows()
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   a, b = _stats(model, rows, acc), _stats(model, rows, acc)  # one accumulator: reset between models
   diff = diff_stats(a, b)
   for name in ("mean_ratio", "density_ratio"):
@@ -103,8 +103,8 @@ def test_same_model_twice_gives_ratio_one(tiny_pair):
   assert summary["top_k_overlap"] == 1 and summary["b_only_in_top_k"] == 0
   assert [t["rank_a"] for t in diff.top(10)] == list(range(10))
   # the score is reason_score.py's: the plain accumulator on the same rows agrees
-  plain = reasonscore_corpus(make_site_fn(model, LAYER, "resid_post"), rows, params, VOCAB, batch_rows=4,
-                             sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE)
+  plain = reasonscore_corpus(make_site_fn(model, LAYER, "resid_post"), rows, sae, VOCAB, batch_rows=4,
+                             window=WINDOW, ignore_ids=IGNORE)
   np.testing.assert_allclose(b.reason.scores, plain.scores, rtol=1e-6, atol=1e-9)
   np.testing.assert_allclose(b.reason.mu_neg, plain.mu_neg, rtol=1e-6, atol=1e-9)
 
@@ -116,14 +116,14 @@ def test_two_models_match_dense_numpy(tiny_pair):
   from sae_jax.models.sharding import make_mesh
   mesh = make_mesh(2, 1, 4)
   models = [checkpoint.load_any(d, dtype=jnp.float32, mesh=mesh) for d in tiny_pair[1]]
-  cfg, params = _sae_params(64, D_SAE, 0.03)
+  sae = _sae(64, D_SAE, 0.03)
   rows = _rows()
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE, mesh=mesh)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE, mesh=mesh)
   stats = [_stats(m, rows, acc, mesh) for m in models]
   assert acc._step._cache_size() == 1  # one compiled step for every batch of both models
   for st, model in zip(stats, tiny_pair[0]):
     acts = np.asarray(make_site_fn(model, LAYER, "resid_post")(rows))
-    f, mean, density, n = _dense(acts, rows, cfg, params)
+    f, mean, density, n = _dense(acts, rows, sae)
     assert st.n_tokens == n
     np.testing.assert_allclose(st.mean, mean, rtol=2e-5, atol=1e-7)
     assert np.max(np.abs(st.density - density)) * n <= 1  # at most one token on the 0 boundary
@@ -157,10 +157,10 @@ def test_two_models_match_dense_numpy(tiny_pair):
 
 def test_step_encodes_each_token_once(tiny_pair):
   """The density count re-states encode next to ReasonScore's; XLA must merge them (one encoder matmul)."""
-  cfg, params = _sae_params(64, D_SAE, 0.03)
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE)
+  sae = _sae(64, D_SAE, 0.03)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   tokens, acts = _rows(2, 8), np.zeros((2, 8, 64), np.float32)
-  hlo = acc._step.lower(acc._state, acc._params, tokens, acts).compile().as_text()
+  hlo = acc._step.lower(acc._state, acc.sae, tokens, acts).compile().as_text()
   assert len(re.findall(rf"= f32\[16,{D_SAE}\]\S* dot\(", hlo)) == 1
 
 
@@ -180,8 +180,8 @@ def test_png(tiny_pair, tmp_path):
   raw = np.frombuffer(zlib.decompress(chunks[1][1]), np.uint8).reshape(7, 1 + 5 * 3)
   assert np.all(raw[:, 0] == 0) and np.array_equal(raw[:, 1:].reshape(7, 5, 3), rgb)
 
-  cfg, params = _sae_params(64, D_SAE, 0.03)
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=cfg, window=WINDOW, ignore_ids=IGNORE)
+  sae = _sae(64, D_SAE, 0.03)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   rows = _rows()
   diff = diff_stats(*[_stats(m, rows, acc) for m in tiny_pair[0]])
   png = density_scatter_png(diff, [t["feature"] for t in diff.top(5)])
@@ -202,19 +202,19 @@ def test_bad_input(tiny_pair):
   model = tiny_pair[0][0]
   cfg = model.cfg
   with pytest.raises(UserError, match="model widths differ: A hidden_size 64, B 32"):
-    check_pair(cfg, dataclasses.replace(cfg, hidden_size=32), 64, LAYER)
+    check_pair(cfg, dataclasses.replace(cfg, hidden_size=32), _sae(64, D_SAE, 0.03), LAYER)
   with pytest.raises(UserError, match="SAE d_in 48 != model width 64"):
-    check_pair(cfg, cfg, 48, LAYER)
+    check_pair(cfg, cfg, _sae(48, D_SAE, 0.03), LAYER)
   with pytest.raises(UserError, match="layer 9 is out of range for model A"):
-    check_pair(cfg, cfg, 64, 9)
+    check_pair(cfg, cfg, _sae(64, D_SAE, 0.03), 9)
   with pytest.raises(UserError, match="token id 200 is outside model B's vocabulary of 128"):
     check_rows_fit(np.array([[3, 200]]), cfg, "B")
-  sae_cfg, params = _sae_params(48, D_SAE, 0.03)
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=sae_cfg, window=WINDOW, ignore_ids=IGNORE)
+  sae = _sae(48, D_SAE, 0.03)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   with pytest.raises(UserError, match="SAE d_in 48 != activation width 64"):
     _stats(model, _rows(), acc)
-  sae_cfg, params = _sae_params(64, D_SAE, 0.03)
-  acc = FeatureStatsAccumulator(params, VOCAB, sae_cfg=sae_cfg, window=WINDOW, ignore_ids=IGNORE)
+  sae = _sae(64, D_SAE, 0.03)
+  acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   a = _stats(model, _rows(), acc)
   small = dataclasses.replace(a, mean=a.mean[:5], density=a.density[:5])
   with pytest.raises(UserError, match="A has 5 features, B 96"):
@@ -242,20 +242,22 @@ def smollm2_perturbed(assets, tmp_path_factory):
   return str(out)
 
 
-CORPUS = ("--data=demo#n=8", "--context_size=64", "--packing=clean")
+CORPUS = ("--config.data.sources=('demo#n=8',)", "--config.data.context_size=64", "--config.data.mode=clean")
 
 
 def _run(*args, corpus=CORPUS):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "diff_models.py"), "--dtype=float32",
-                         *corpus, "--n_rows=0", "--batch_rows=4", "--top_k=5", "--verbosity=-1", *args],
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "diff_models.py"), "--config.model.dtype=float32",
+                         *corpus, "--config.data.num_rows=0", "--config.data.store_batch_rows=4",
+                         "--config.diff.top_k=5", "--verbosity=-1", *args],
                         capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_launch_end_to_end(assets, smollm2_perturbed, tmp_path):
   sae = selective_sae_dir(tmp_path / "sae", 576)
   out = tmp_path / "diff"
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={smollm2_perturbed}", f"--sae={sae}", f"--out={out}")
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.model.path={smollm2_perturbed}", f"--sae={sae}",
+              f"--out={out}")
   assert proc.returncode == 0, proc.stderr
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   meta = json.load(open(out / "diff.json"))
@@ -272,19 +274,20 @@ def test_launch_end_to_end(assets, smollm2_perturbed, tmp_path):
   np.testing.assert_array_equal(np.load(out / "b" / "scores.npy"), arrays["score_b"])
   png = (out / "diff.png").read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (360, 360)
-  assert json.load(open(out / "run.json"))["flags"]["model_b"] == smollm2_perturbed
+  assert json.load(open(out / "run.json"))["flags"]["config"]["model"]["path"] == smollm2_perturbed
 
 
 def test_launch_errors(assets, tmp_path):
   tiny = tmp_path / "tiny"
   _tiny_hf("llama").save_pretrained(str(tiny))
   sae = selective_sae_dir(tmp_path / "sae576", 576)
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={tiny}", f"--sae={sae}", f"--out={tmp_path / 'o'}")
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.model.path={tiny}", f"--sae={sae}",
+              f"--out={tmp_path / 'o'}")
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert lines[-1].startswith("error: model widths differ: A hidden_size 576, B 64")
   sae = selective_sae_dir(tmp_path / "sae64", 64)
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={assets.smollm2_hf}", f"--sae={sae}",
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.model.path={assets.smollm2_hf}", f"--sae={sae}",
               f"--out={tmp_path / 'o'}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == "error: SAE d_in 64 != model width 576"
@@ -296,12 +299,14 @@ def test_launch_from_a_cache_equals_running_the_model(assets, smollm2_perturbed,
   sae = selective_sae_dir(tmp_path / "sae", 576)
   cache_b = collect_cache(smollm2_perturbed, tmp_path / "acts_b", "demo#n=8")
   n_rows = len(CachedRows(cache_b).rows)
-  common = (f"--sae={sae}", "--ignore_ids=0,1,2", f"--n_rows={n_rows}")
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--activations_b={cache_b}", f"--out={tmp_path / 'cached'}",
+  common = (f"--sae={sae}", "--config.reasonscore.ignore_ids=(0,1,2)", f"--config.data.num_rows={n_rows}")
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.activations.cache_dir={cache_b}",
+              f"--out={tmp_path / 'cached'}",
               *common, corpus=())
   assert proc.returncode == 0, proc.stderr
-  proc = _run(f"--model_a={assets.smollm2_hf}", f"--model_b={smollm2_perturbed}", f"--out={tmp_path / 'live'}",
-              "--shuffle_seed=-1", *common)
+  proc = _run(f"--model_a={assets.smollm2_hf}", f"--config.model.path={smollm2_perturbed}",
+              f"--out={tmp_path / 'live'}",
+              "--config.data.shuffle_seed=-1", *common)
   assert proc.returncode == 0, proc.stderr
   for name in ARRAYS:
     cached, live = (np.load(tmp_path / run / f"{name}.npy") for run in ("cached", "live"))
@@ -311,8 +316,10 @@ def test_launch_from_a_cache_equals_running_the_model(assets, smollm2_perturbed,
   assert meta["rows"] == n_rows
 
   other = collect_cache(assets.smollm2_hf, tmp_path / "acts_other", "demo#n=8,seed=3")
-  proc = _run(f"--activations_a={other}", f"--activations_b={cache_b}", f"--out={tmp_path / 'x'}", *common,
+  proc = _run(f"--activations_a={other}", f"--config.activations.cache_dir={cache_b}", f"--out={tmp_path / 'x'}",
+              *common,
               corpus=())
   assert proc.returncode != 0 and "activation caches hold different token rows" in proc.stderr.splitlines()[-1]
   proc = _run(f"--model_a={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'x'}")
-  assert proc.returncode != 0 and "exactly one of --model_b and --activations_b" in proc.stderr.splitlines()[-1]
+  assert proc.returncode != 0 and ("exactly one of --config.model.path (run model B) and "
+                                   "--config.activations.cache_dir") in proc.stderr.splitlines()[-1]

@@ -10,7 +10,16 @@ import numpy as np
 from conftest import REPO, collect_cache, selective_sae_dir
 
 
-CORPUS = ("--data=demo#n=12", "--context_size=64", "--packing=clean")
+CORPUS = ("--config.data.sources=('demo#n=12',)", "--config.data.context_size=64",
+          "--config.data.mode=clean")
+
+
+def _model(path):
+  return f"--config.model.path={path}"
+
+
+def _cache(path):
+  return f"--config.activations.cache_dir={path}"
 
 
 def _env():
@@ -18,8 +27,10 @@ def _env():
 
 
 def _run(*args, corpus=CORPUS):
-  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "reason_score.py"), "--dtype=float32",
-                         *corpus, "--n_rows=0", "--batch_rows=4", "--top_k=5", "--verbosity=-1", *args],
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "reason_score.py"),
+                         "--config.model.dtype=float32", *corpus, "--config.data.num_rows=0",
+                         "--config.data.store_batch_rows=4",
+                         "--config.reasonscore.top_k=5", "--verbosity=-1", *args],
                         capture_output=True, text=True, env=_env(), timeout=300)
 
 
@@ -30,7 +41,7 @@ def _error_line(proc):
 
 def test_scores_every_feature(assets, tmp_path):
   sae = selective_sae_dir(tmp_path / "sae", 576)
-  proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'rs'}")
+  proc = _run(_model(assets.smollm2_hf), f"--sae={sae}", f"--out={tmp_path / 'rs'}")
   assert proc.returncode == 0, proc.stderr
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert report["features"] == 256 and len(report["top"]) == 5
@@ -44,17 +55,19 @@ def test_scores_every_feature(assets, tmp_path):
 
 def test_errors(assets, tmp_path):
   sae = selective_sae_dir(tmp_path / "sae", 64)
-  proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'rs'}")
+  proc = _run(_model(assets.smollm2_hf), f"--sae={sae}", f"--out={tmp_path / 'rs'}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert "SAE d_in 64 != model width 576" in proc.stderr.strip().splitlines()[-1]
   sae = selective_sae_dir(tmp_path / "sae576", 576)
   vocab = tmp_path / "vocab.json"
   vocab.write_text(json.dumps(["Wait", ""]))
-  proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'rs'}", f"--vocab={vocab}")
+  proc = _run(_model(assets.smollm2_hf), f"--sae={sae}", f"--out={tmp_path / 'rs'}",
+              f"--config.reasonscore.vocab={vocab}")
   assert proc.returncode != 0 and "tokenizes to no ids" in proc.stderr.strip().splitlines()[-1]
   empty = tmp_path / "empty.jsonl"
   empty.write_text("")
-  proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'rs'}", f"--data={empty}")
+  proc = _run(_model(assets.smollm2_hf), f"--sae={sae}", f"--out={tmp_path / 'rs'}",
+              f"--config.data.sources=('{empty}',)")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("error:")
 
 
@@ -66,15 +79,16 @@ def test_scores_from_cached_activations_equal_the_model_pass(assets, tmp_path):
   assert n_rows >= 8
   sae = selective_sae_dir(tmp_path / "sae", 576)
   # The demo config leaves out ids 0, 1, 2; SmolLM2's BOS/EOS are 1 and 2, so 0 must be ignored too.
-  line = _error_line(_run(f"--activations={cache}", f"--sae={sae}", f"--out={tmp_path / 'x'}", corpus=()))
+  line = _error_line(_run(_cache(cache), f"--sae={sae}", f"--out={tmp_path / 'x'}", corpus=()))
   assert "left out token ids [0]" in line
-  proc = _run(f"--activations={cache}", f"--sae={sae}", f"--out={tmp_path / 'cached'}", "--ignore_ids=0,1,2",
+  proc = _run(_cache(cache), f"--sae={sae}", f"--out={tmp_path / 'cached'}", "--config.reasonscore.ignore_ids=(0,1,2)",
               corpus=())
   assert proc.returncode == 0, proc.stderr
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert report["rows"] == n_rows and report["source"] == cache
-  proc = _run(f"--model={assets.smollm2_hf}", f"--sae={sae}", f"--out={tmp_path / 'model'}", "--ignore_ids=0,1,2",
-              f"--n_rows={n_rows}", "--shuffle_seed=-1")
+  proc = _run(_model(assets.smollm2_hf), f"--sae={sae}", f"--out={tmp_path / 'model'}",
+              "--config.reasonscore.ignore_ids=(0,1,2)", f"--config.data.num_rows={n_rows}",
+              "--config.data.shuffle_seed=-1")
   assert proc.returncode == 0, proc.stderr
   for name in ("scores", "mu_pos", "mu_neg", "group_means"):
     cached, direct = (np.load(tmp_path / run / f"{name}.npy") for run in ("cached", "model"))
@@ -83,11 +97,12 @@ def test_scores_from_cached_activations_equal_the_model_pass(assets, tmp_path):
   meta = json.load(open(tmp_path / "cached" / "reasonscore.json"))
   assert meta["pos_count"] > 0 and meta["settings"]["ignore_ids"] == [0, 1, 2]
 
-  line = _error_line(_run(f"--activations={cache}", f"--sae={sae}", f"--out={tmp_path / 'x'}"))
-  assert "--data, --context_size, --packing cannot be used with cached activations" in line
-  line = _error_line(_run(f"--activations={cache}", f"--model={assets.smollm2_hf}", f"--sae={sae}",
-                          f"--out={tmp_path / 'x'}", corpus=()))
-  assert "exactly one of --model" in line
-  line = _error_line(_run(f"--activations={cache}", f"--sae={sae}", f"--out={tmp_path / 'x'}", "--layer=4",
+  line = _error_line(_run(_cache(cache), f"--sae={sae}", f"--out={tmp_path / 'x'}"))
+  assert ("--config.data.sources, --config.data.context_size, --config.data.mode cannot be used with cached "
+          "activations") in line
+  line = _error_line(_run(_cache(cache), _model(assets.smollm2_hf), f"--sae={sae}", f"--out={tmp_path / 'x'}",
+                          corpus=()))
+  assert "exactly one of --config.model.path" in line
+  line = _error_line(_run(_cache(cache), f"--sae={sae}", f"--out={tmp_path / 'x'}", "--config.hook.layer=4",
                           corpus=()))
   assert "holds layer 5 resid_post, the SAE reads layer 4 resid_post" in line

@@ -86,7 +86,7 @@ def test_train_sae_from_cache_exports_saelens(assets, tmp_path):
                              "--config.sae.batch_size=128", "--config.sae.d_sae=1152",
                              "--config.sae.lr_decay_steps=10", "--config.sae.l1_warm_up_steps=10",
                              "--config.sae.n_batches_for_norm_estimate=4", "--config.trainer.buffer_half_tokens=1024",
-                             "--config.trainer.progress=false"),
+                             "--config.trainer.progress=false", "--config.trainer.dead_window=500"),
                         capture_output=True, text=True, env=_env(), timeout=300)
   assert proc.returncode == 0, proc.stderr
   result = json.load(open(out / "result.json"))
@@ -118,7 +118,10 @@ def test_paper_config_is_the_paper_sae_and_other_architectures_get_their_default
   decoder, as OpenAI) unless overridden. The keys are typed, which is what lets the command line set them
   (`--config.sae.apply_b_dec_to_input=false`, `--config.sae.k=64`)."""
   from configs import paper_r1_llama8b_l19
-  from sae_jax.activations.pipeline import sae_config_from_config
+  from sae_jax.runs import section
+
+  def sae_config_from_config(c):
+    return section(c, "sae")
 
   c = paper_r1_llama8b_l19.get_config()
   paper = sae_config_from_config(c)

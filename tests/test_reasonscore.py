@@ -19,6 +19,7 @@ from sae_jax.errors import UserError
 from sae_jax.features import (DEFAULT_REASON_STRINGS, ReasonScoreAccumulator, ReasonScores, Vocabulary,
                               load_reason_strings, reason_masks, reasonscore_corpus, reasonscore_dense)
 from sae_jax.models.sharding import make_mesh
+from sae_jax.sae import SAE, SAEConfig
 
 FIXTURE_NAMES = ("paper", "alpha1_noexpand")
 PAPER_GROUPS = ("alternatively", "hmm", "maybe", "wait", "perhaps", "let me", "therefore", "however", "but",
@@ -54,7 +55,20 @@ def tokenizer(assets):
 
 def _identity_sae(n):
   eye = np.eye(n, dtype=np.float32)
-  return {"W_enc": eye, "b_enc": np.zeros(n, np.float32), "W_dec": eye.copy(), "b_dec": np.zeros(n, np.float32)}
+  return SAE({"W_enc": eye, "b_enc": np.zeros(n, np.float32), "W_dec": eye.copy(), "b_dec": np.zeros(n, np.float32)},
+             SAEConfig(d_in=n, d_sae=n))
+
+
+def _row_batches(fx):
+  """Slices of the fixture's rows, `minibatch_size_tokens` rows each (the reference's token minibatches), covering
+  every row whatever the fixture's size."""
+  n, size = len(fx["tokens"]), int(fx["minibatch_size_tokens"])
+  return [slice(i, i + size) for i in range(0, n, size)]
+
+
+def _data_shards(fx):
+  """2 data shards when every row batch of the fixture splits in two, else 1."""
+  return 2 if all(len(fx["tokens"][rows]) % 2 == 0 for rows in _row_batches(fx)) else 1
 
 
 def _check_stats(got: ReasonScores, fx, prefix=""):
@@ -110,7 +124,7 @@ def test_masks_match_fixture(fx):
   vocab, window = fx["vocab"], fx["window"]
   host = reason_masks(fx["tokens"], vocab, window)
   jitted = jax.jit(lambda t: reason_masks(t, vocab, window))
-  batches = [jitted(jnp.asarray(fx["tokens"][i:i + 4])) for i in range(0, 16, 4)]
+  batches = [jitted(jnp.asarray(fx["tokens"][rows])) for rows in _row_batches(fx)]
   device = [np.concatenate([np.asarray(getattr(b, f)) for b in batches], axis=-2) for f in ("groups", "pos", "neg")]
   for got in (host, device):
     np.testing.assert_array_equal(got[0], fx["group_masks"])
@@ -163,13 +177,16 @@ def test_fixture_dense(fx):
   _check_stats(intended, fx, prefix="intended_")
 
 
-@pytest.mark.parametrize("mesh_shape", [None, (2, 1, 4)], ids=["1dev", "2x4"])
-def test_fixture_streamed(fx, mesh_shape):
+@pytest.mark.parametrize("sharded", [False, True], ids=["1dev", "2x4"])
+def test_fixture_streamed(fx, sharded):
+  data = _data_shards(fx)
+  mesh_shape = (data, 1, 8 // data) if sharded else None
   mesh = make_mesh(*mesh_shape) if mesh_shape else None
   acc = ReasonScoreAccumulator(_identity_sae(fx["activations"].shape[-1]), fx["vocab"], window=fx["window"],
                                mesh=mesh)
-  for i in range(0, 16, 4):  # 4 token batches, as the reference's row minibatches of paper.npz
-    acc.update(fx["tokens"][i:i + 4], fx["activations"][i:i + 4])
+  for rows in _row_batches(fx):  # the reference's row minibatches
+    acc.update(fx["tokens"][rows], fx["activations"][rows])
+  assert acc.n_tokens == fx["tokens"].size
   got = acc.finalize(alpha=fx["alpha"], eps=fx["epsilon"])
   _report(f"streamed {fx['name']} {mesh_shape}", **_check_stats(got, fx))
   assert got.pos_count == fx["pos_mask"].sum() and got.neg_count == fx["neg_mask"].sum()
@@ -185,16 +202,17 @@ def _random_case(seed=0, rows=12, length=48, d_in=16, d_sae=64):
     for p in [0, *rng.choice(length - 1, size=length // 8, replace=False)]:
       ids = vocab.token_ids[rng.integers(len(vocab.token_ids))]
       tokens[r, p:p + len(ids)] = ids[:length - p]
-  params = {"W_enc": rng.normal(size=(d_in, d_sae)).astype(np.float32),
-            "b_enc": rng.normal(scale=0.5, size=d_sae).astype(np.float32),
-            "W_dec": (rng.normal(size=(d_sae, d_in)) * rng.uniform(0.05, 2, size=(d_sae, 1))).astype(np.float32),
-            "b_dec": rng.normal(size=d_in).astype(np.float32)}
+  params = SAE({"W_enc": rng.normal(size=(d_in, d_sae)).astype(np.float32),
+                "b_enc": rng.normal(scale=0.5, size=d_sae).astype(np.float32),
+                "W_dec": (rng.normal(size=(d_sae, d_in)) * rng.uniform(0.05, 2, size=(d_sae, 1))).astype(np.float32),
+                "b_dec": rng.normal(size=d_in).astype(np.float32)}, SAEConfig(d_in=d_in, d_sae=d_sae))
   x = rng.normal(size=(rows, length, d_in)).astype(np.float32)
   return vocab, tokens, params, x
 
 
-def _folded_acts(params, x):
+def _folded_acts(sae, x):
   """ReLU(x W_enc + b_enc) * |W_dec_j| in float64: the reference's folded activations, written out."""
+  params = sae.params
   n = np.linalg.norm(params["W_dec"].astype(np.float64), axis=1)
   return np.maximum(x.astype(np.float64) @ params["W_enc"] + params["b_enc"], 0) * n
 
@@ -213,7 +231,8 @@ def test_streamed_equals_dense(mesh_shape):
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   mesh = make_mesh(*mesh_shape, devices=devices)
   acc = ReasonScoreAccumulator(params, vocab, mesh=mesh)
-  assert acc._params["W_enc"].sharding.spec == jax.sharding.PartitionSpec(None, "model" if len(devices) > 1 else None)
+  latent = "model" if len(devices) > 1 else None
+  assert acc.sae.params["W_enc"].sharding.spec == jax.sharding.PartitionSpec(None, latent)
   for i in range(0, len(tokens), 4):
     acc.update(tokens[i:i + 4], x[i:i + 4])
   got = acc.finalize()

@@ -12,8 +12,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from sae_jax.errors import UserError
-from sae_jax.sae import (SAEConfig, encode, inference_params, init_sae_params, load_saelens, load_sparsify,
-                         save_saelens, save_sparsify)
+from sae_jax.sae import SAE, SAEConfig, init_params, load_saelens, load_sparsify, save_saelens, save_sparsify
 
 D_IN, D_SAE = 8, 32
 
@@ -26,7 +25,7 @@ def _cfg(architecture, **kw):
 def _params(cfg, seed=0):
   """Random (not init-shaped) training params of `cfg`'s architecture."""
   keys = jax.random.split(jax.random.key(seed), 6)
-  shapes = {n: np.shape(v) for n, v in init_sae_params(cfg, keys[5]).items()}
+  shapes = {n: np.shape(v) for n, v in init_params(cfg, keys[5]).items()}
   p = {n: np.asarray(jax.random.normal(k, s)) for k, (n, s) in zip(keys, shapes.items())}
   if "log_threshold" in p:
     p["log_threshold"] = p["log_threshold"] * 0.1 - 2.0
@@ -54,20 +53,20 @@ def _x(n=6, seed=1):
 def test_saelens_round_trip_is_bit_exact(tmp_path, arch):
   cfg = _cfg(arch)
   params = _params(cfg)
-  loaded = load_saelens(save_saelens(str(tmp_path / "sae"), params, cfg))
+  loaded = load_saelens(save_saelens(str(tmp_path / "sae"), SAE(params, cfg)))
   assert loaded.cfg == cfg
-  expected = jax.tree.map(np.asarray, inference_params(params, cfg))
+  expected = jax.tree.map(np.asarray, SAE(params, cfg).inference().params)
   assert sorted(loaded.params) == sorted(expected)
   for n, a in expected.items():
     assert loaded.params[n].dtype == np.float32
     np.testing.assert_array_equal(loaded.params[n], a)
   x = jnp.asarray(_x())
-  np.testing.assert_array_equal(encode(loaded.params, x, loaded.cfg), encode(params, x, cfg))
+  np.testing.assert_array_equal(loaded.encode(x), SAE(params, cfg).encode(x))
 
 
 def test_saelens_cfg_json_per_architecture(tmp_path):
   def written(arch):
-    out = save_saelens(str(tmp_path / arch), _params(_cfg(arch)), _cfg(arch))
+    out = save_saelens(str(tmp_path / arch), SAE(_params(_cfg(arch)), _cfg(arch)))
     with open(os.path.join(out, "cfg.json")) as f, safe_open(os.path.join(out, "sae_weights.safetensors"),
                                                                "numpy") as w:
       return json.load(f), {k: w.get_slice(k).get_dtype() for k in w.keys()}
@@ -103,7 +102,7 @@ def test_saelens_written_jumprelu_loads(tmp_path):
   x = _x()
   h = x.astype(np.float64) @ params["W_enc"] + params["b_enc"]
   with jax.default_matmul_precision("highest"):
-    f = np.asarray(encode(loaded.params, jnp.asarray(x), loaded.cfg))
+    f = np.asarray(loaded.encode(jnp.asarray(x)))
   np.testing.assert_allclose(f, np.maximum(h, 0) * (h > params["threshold"]), rtol=1e-5, atol=1e-5)
   assert 0 < (f > 0).sum() < f.size
 
@@ -123,7 +122,7 @@ def test_saelens_written_topk_loads(tmp_path, arch_keys):
   expected = np.zeros_like(a)
   np.put_along_axis(expected, keep, np.take_along_axis(a, keep, 1), axis=1)
   with jax.default_matmul_precision("highest"):
-    np.testing.assert_allclose(encode(loaded.params, jnp.asarray(x), loaded.cfg), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loaded.encode(jnp.asarray(x)), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cfg_change, tensor_change, message", [
@@ -147,7 +146,7 @@ def test_bad_saelens_dirs_raise_user_error(tmp_path, cfg_change, tensor_change, 
 def test_sparsify_round_trip_is_bit_exact_and_has_sparsify_layout(tmp_path):
   cfg = _cfg("topk")
   params = _params(cfg)
-  out = save_sparsify(str(tmp_path / "layers.3"), params, cfg)
+  out = save_sparsify(str(tmp_path / "layers.3"), SAE(params, cfg))
   assert sorted(os.listdir(out)) == ["cfg.json", "sae.safetensors"]
   with open(os.path.join(out, "cfg.json")) as f:
     d = json.load(f)
@@ -160,7 +159,7 @@ def test_sparsify_round_trip_is_bit_exact_and_has_sparsify_layout(tmp_path):
     np.testing.assert_array_equal(f.get_tensor("encoder.weight"), params["W_enc"].T)
     assert f.get_tensor("encoder.weight").shape == (D_SAE, D_IN) and f.get_tensor("W_dec").shape == (D_SAE, D_IN)
   loaded = load_sparsify(out)
-  assert loaded.cfg == cfg and loaded.expects_raw_activations
+  assert loaded.cfg == cfg and loaded.units == "raw"
   for n, a in params.items():
     np.testing.assert_array_equal(loaded.params[n], a)
 
@@ -182,8 +181,7 @@ def test_sparsify_written_dir_loads(tmp_path):
   expected = np.zeros_like(pre)
   np.put_along_axis(expected, keep, np.take_along_axis(pre, keep, 1), axis=1)
   with jax.default_matmul_precision("highest"):
-    np.testing.assert_allclose(encode(loaded.params, jnp.asarray(x, jnp.float32), cfg), expected, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(loaded.encode(jnp.asarray(x, jnp.float32)), expected, rtol=1e-5, atol=1e-5)
   mlp = load_sparsify(_dir(tmp_path, "layers.2.mlp", raw, tensors, weights="sae.safetensors"))
   assert (mlp.cfg.hook_layer, mlp.cfg.hook_site) == (2, "mlp_out")
   named = load_sparsify(_dir(tmp_path, "my_sae", raw, tensors, weights="sae.safetensors"),
@@ -193,9 +191,9 @@ def test_sparsify_written_dir_loads(tmp_path):
 
 def test_sparsify_errors(tmp_path):
   with pytest.raises(UserError, match="sparsify format holds topk SAEs: got architecture='jumprelu'"):
-    save_sparsify(str(tmp_path / "a"), _params(_cfg("jumprelu")), _cfg("jumprelu"))
+    save_sparsify(str(tmp_path / "a"), SAE(_params(_cfg("jumprelu")), _cfg("jumprelu")))
   with pytest.raises(UserError, match="expected apply_b_dec_to_input=true"):
-    save_sparsify(str(tmp_path / "a"), _params(_cfg("topk")), _cfg("topk", apply_b_dec_to_input=False))
+    save_sparsify(str(tmp_path / "a"), SAE(_params(_cfg("topk")), _cfg("topk", apply_b_dec_to_input=False)))
   raw = {"activation": "topk", "num_latents": D_SAE, "k": 4, "d_in": D_IN}
   tensors = {"encoder.weight": np.zeros((D_SAE, D_IN), np.float32), "encoder.bias": np.zeros(D_SAE, np.float32),
              "W_dec": np.zeros((D_SAE, D_IN), np.float32), "b_dec": np.zeros(D_IN, np.float32)}
@@ -232,8 +230,8 @@ def test_trainer_trains_exports_and_resumes_a_topk_sae(tmp_path):
   assert full["explained_variance"] > 0.5 and full["l0"] <= 8 and full["aux_loss"] > 0
   loaded = load_saelens(full["sae_dir"])
   assert loaded.cfg == cfg
-  np.testing.assert_array_equal(loaded.params["W_dec"], full["params"]["W_dec"])
+  np.testing.assert_array_equal(loaded.params["W_dec"], full["sae"].params["W_dec"])
   shutil.copytree(tmp_path / "full" / "checkpoints", tmp_path / "resumed" / "checkpoints")  # the step-30 one
   resumed = run(tmp_path / "resumed")
-  for n, a in full["params"].items():
-    np.testing.assert_array_equal(resumed["params"][n], a)
+  for n, a in full["sae"].params.items():
+    np.testing.assert_array_equal(resumed["sae"].params[n], a)

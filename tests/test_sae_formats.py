@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 
 from conftest import FIXTURES
 from sae_jax.errors import UserError
-from sae_jax.sae import SAEConfig, encode, load_saelens, save_saelens
+from sae_jax.sae import SAE, SAEConfig, load_saelens, save_saelens
 
 D_IN, D_SAE = 8, 32
 
@@ -63,13 +63,13 @@ SAELENS_TRAINED_CFG = {
 def test_round_trip_is_bit_exact(tmp_path):
   params, cfg = _random_params(), _cfg()
   out = str(tmp_path / "sae")
-  assert save_saelens(out, params, cfg) == out
-  save_saelens(out, _random_params(1), cfg)  # replacing an existing dir
-  save_saelens(out, params, cfg)
+  assert save_saelens(out, SAE(params, cfg)) == out
+  save_saelens(out, SAE(_random_params(1), cfg))  # replacing an existing dir
+  save_saelens(out, SAE(params, cfg))
   assert sorted(os.listdir(tmp_path)) == ["sae"]  # no temp dirs left behind
   assert sorted(os.listdir(out)) == ["cfg.json", "sae_weights.safetensors"]
   loaded = load_saelens(out)
-  assert loaded.cfg == cfg and loaded.norm_scaling_factor is None and loaded.expects_raw_activations
+  assert loaded.cfg == cfg and (loaded.units, loaded.scale) == ("raw", 1.0)
   for n, a in params.items():
     assert loaded.params[n].dtype == np.float32
     np.testing.assert_array_equal(loaded.params[n], a)
@@ -79,7 +79,7 @@ def test_round_trip_is_bit_exact(tmp_path):
 
 
 def test_cfg_json_has_what_saelens_needs(tmp_path):
-  out = save_saelens(str(tmp_path / "sae"), _random_params(), _cfg())
+  out = save_saelens(str(tmp_path / "sae"), SAE(_random_params(), _cfg()))
   with open(os.path.join(out, "cfg.json")) as f:
     d = json.load(f)
   assert set(SAELENS_REQUIRED) <= set(d)
@@ -90,10 +90,11 @@ def test_cfg_json_has_what_saelens_needs(tmp_path):
 
 
 def test_unfolded_weights_keep_their_scaling_factor(tmp_path):
-  out = save_saelens(str(tmp_path / "sae"), _random_params(), _cfg(), norm_scaling_factor=1.375576414271735)
+  out = save_saelens(str(tmp_path / "sae"), SAE(_random_params(), _cfg(), "scaled", 1.375576414271735))
   loaded = load_saelens(out)
-  assert loaded.norm_scaling_factor == 1.375576414271735 and not loaded.expects_raw_activations
-  assert loaded.saelens_cfg["normalize_activations"] == "expected_average_only_in"
+  assert (loaded.units, loaded.scale) == ("scaled", 1.375576414271735)
+  with open(os.path.join(out, "cfg.json")) as f:
+    assert json.load(f)["normalize_activations"] == "expected_average_only_in"
 
 
 def test_saelens_written_dir_loads(tmp_path):
@@ -102,7 +103,7 @@ def test_saelens_written_dir_loads(tmp_path):
   cfg = loaded.cfg
   assert (cfg.d_in, cfg.d_sae, cfg.hook_layer, cfg.hook_site) == (D_IN, D_SAE, 19, "resid_post")
   assert not cfg.apply_b_dec_to_input and cfg.l1_coefficient == 5.0 and cfg.context_size == 1024
-  assert cfg.model_name == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B" and loaded.expects_raw_activations
+  assert cfg.model_name == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B" and loaded.units == "raw"
   for n, a in params.items():
     np.testing.assert_array_equal(loaded.params[n], a)
 
@@ -117,7 +118,7 @@ def test_old_saelens_cfg_gets_saelens_defaults(tmp_path):
   assert sorted(loaded.params) == ["W_dec", "W_enc", "b_dec", "b_enc"]
   x = np.ones((2, D_IN), np.float32)
   with jax.default_matmul_precision("highest"):
-    f = encode(loaded.params, x, loaded.cfg.apply_b_dec_to_input)
+    f = loaded.encode(x)
   np.testing.assert_allclose(f, np.maximum((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"], 0), rtol=1e-5,
                              atol=1e-6)
 
@@ -143,9 +144,9 @@ def test_saved_fixture_sae_reproduces_saelens_features(tmp_path):
     params = {n: z[f"folded_{n}"] for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
     x, expected = z["inputs"][0], z["eval_folded_feature_acts"]
   d_in, d_sae = params["W_enc"].shape
-  loaded = load_saelens(save_saelens(str(tmp_path / "sae"), params, SAEConfig(d_in=d_in, d_sae=d_sae)))
+  loaded = load_saelens(save_saelens(str(tmp_path / "sae"), SAE(params, SAEConfig(d_in=d_in, d_sae=d_sae))))
   with jax.default_matmul_precision("highest"):
-    np.testing.assert_allclose(encode(loaded.params, x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.encode(x), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cfg_change, tensor_change, message", [
@@ -204,7 +205,7 @@ def test_save_rejects_wrong_params(tmp_path):
   params = _random_params()
   params["W_enc"] = params["W_enc"][:, :-1]
   with pytest.raises(UserError, match="tensor W_enc has shape"):
-    save_saelens(str(tmp_path / "sae"), params, _cfg())
+    save_saelens(str(tmp_path / "sae"), SAE(params, _cfg()))
   with pytest.raises(UserError, match="norm_scaling_factor given but .* normalize_activations='none'"):
-    save_saelens(str(tmp_path / "sae"), _random_params(), _cfg(normalize_activations="none"), norm_scaling_factor=2.0)
+    save_saelens(str(tmp_path / "sae"), SAE(_random_params(), _cfg(normalize_activations="none"), "scaled", 2.0))
   assert not os.path.exists(tmp_path / "sae")

@@ -7,9 +7,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sae_jax.models import sharding as shd
-from sae_jax.sae import (SAEConfig, encode, encode_pre, fold_activation_norm_scaling_factor, fold_W_dec_norm,
-                         inference_params, init_sae_params, init_train_state, l0_coefficient_at, loss,
-                         make_train_step, param_specs)
+from sae_jax.sae import (SAE, SAEConfig, fold_activation_norm_scaling_factor, fold_W_dec_norm, init_params,
+                         init_train_state, l0_coefficient_at, loss, make_train_step, param_specs)
 from sae_jax.sae import jumprelu as jr
 from test_sae_topk import _batches, _ev
 
@@ -33,21 +32,21 @@ def test_ste_gradients_live_only_within_the_bandwidth():
   g_theta, g_h = jax.grad(lambda t, h: jnp.sum(c * jr.jumprelu(h, t, EPS)), argnums=(0, 1))(theta, h)
   np.testing.assert_allclose(g_theta, np.where(inside, -np.asarray(theta) / EPS * np.asarray(c), 0), rtol=1e-6)
   np.testing.assert_array_equal(g_h, np.where(offsets > 0, c, 0))  # no STE towards h
-  g_theta = jax.grad(lambda t: jnp.sum(c * jr.step(h, t, EPS)))(theta)
+  g_theta = jax.grad(lambda t: jnp.sum(c * jr.heaviside(h, t, EPS)))(theta)
   np.testing.assert_allclose(g_theta, np.where(inside, -np.asarray(c) / EPS, 0), rtol=1e-6)
   np.testing.assert_array_equal(jr.jumprelu(h, theta, EPS), np.where(offsets > 0, h, 0))
   # Batched: theta's cotangent sums over every leading axis.
   hb = jnp.stack([h, h + 1.0, h])[None]
-  g = jax.grad(lambda t: jnp.sum(jr.step(hb, t, EPS)))(theta)
+  g = jax.grad(lambda t: jnp.sum(jr.heaviside(hb, t, EPS)))(theta)
   np.testing.assert_allclose(g, 2 * np.where(inside, -1 / EPS, 0), rtol=1e-6)
 
 
 def test_threshold_gradient_of_the_loss_only_for_latents_near_their_threshold():
   cfg = _cfg(jumprelu_bandwidth=0.2, l0_warm_up_steps=0)
-  params = init_sae_params(cfg, jax.random.key(3))
+  params = init_params(cfg, jax.random.key(3))
   x = jnp.asarray(_batches(1, seed=2)[0][:8])
   with jax.default_matmul_precision("highest"):
-    h = np.asarray(encode_pre(params, x, cfg))
+    h = np.asarray(SAE(params, cfg).encode_pre(x))
     g = jax.grad(lambda p: loss(p, x, cfg)[0])(params)["log_threshold"]
   near = np.any(np.abs(h - cfg.jumprelu_init_threshold) < cfg.jumprelu_bandwidth / 2, axis=0)
   assert 0 < near.sum() < D_SAE
@@ -59,7 +58,7 @@ def test_l0_coefficient_warms_up_like_lambda():
   np.testing.assert_allclose(l0_coefficient_at(cfg, jnp.array([0, 5, 10, 99])), [0.0, 1.0, 2.0, 2.0])
   assert l0_coefficient_at(_cfg(l0_warm_up_steps=0), 0) == np.float32(0.05)
   x = jnp.asarray(_batches(1)[0])
-  params = init_sae_params(cfg, jax.random.key(0))
+  params = init_params(cfg, jax.random.key(0))
   _, parts = loss(params, x, cfg, 5)
   np.testing.assert_allclose(parts["l0_loss"], 1.0 * parts["l0"], rtol=1e-6)  # L0 of H(h - theta) = f > 0
 
@@ -86,20 +85,20 @@ def test_training_on_synthetic_sparse_data():
 def test_folds_keep_the_features():
   """Norm-factor fold (threshold unchanged) and W_dec-norm fold (threshold * n) give the same features."""
   cfg = _cfg(normalize_decoder=False)
-  params = inference_params(init_sae_params(cfg, jax.random.key(1)), cfg)
+  params = SAE(init_params(cfg, jax.random.key(1)), cfg).inference().params
   params["threshold"] = jnp.full((D_SAE,), 0.02)
   params["b_dec"] = jnp.linspace(-0.1, 0.1, D)
   x = _batches(1)[0] / 3.0
   s = np.float32(1.7)
   with jax.default_matmul_precision("highest"):
-    f = np.asarray(encode(params, jnp.asarray(x * s), cfg))
+    f = np.asarray(SAE(params, cfg).encode(jnp.asarray(x * s)))
     folded = fold_activation_norm_scaling_factor(params, s)
     np.testing.assert_array_equal(folded["threshold"], params["threshold"])
-    np.testing.assert_allclose(encode(folded, jnp.asarray(x), cfg), f, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(SAE(folded, cfg).encode(jnp.asarray(x)), f, rtol=1e-4, atol=1e-5)
     unit = fold_W_dec_norm(params)
     n = np.linalg.norm(np.asarray(params["W_dec"]), axis=1)
-    np.testing.assert_allclose(encode(unit, jnp.asarray(x * s), cfg), f * n, rtol=1e-4, atol=1e-5)
-    assert (np.asarray(encode(unit, jnp.asarray(x * s), cfg)) > 0).sum() == (f > 0).sum()
+    np.testing.assert_allclose(SAE(unit, cfg).encode(jnp.asarray(x * s)), f * n, rtol=1e-4, atol=1e-5)
+    assert (np.asarray(SAE(unit, cfg).encode(jnp.asarray(x * s))) > 0).sum() == (f > 0).sum()
 
 
 def test_sharded_step_equals_single_device():
@@ -131,7 +130,7 @@ def test_sharded_step_equals_single_device():
 @pytest.mark.parametrize("normalize", [True, False])
 def test_init(normalize):
   cfg = _cfg(normalize_decoder=normalize)
-  p = init_sae_params(cfg, jax.random.key(0))
+  p = init_params(cfg, jax.random.key(0))
   norm = 1.0 if normalize else cfg.decoder_init_norm
   np.testing.assert_allclose(np.linalg.norm(p["W_dec"], axis=1), norm, rtol=1e-6)
   np.testing.assert_array_equal(p["W_enc"], np.asarray(p["W_dec"]).T)

@@ -4,6 +4,7 @@ Sizes, schedules and hyper-parameters come from the fixture's cfg_* values; noth
 except the stored init (torch's RNG cannot be reproduced) and the inputs.
 """
 
+import math
 import os
 
 import jax
@@ -13,9 +14,9 @@ import pytest
 
 from conftest import FIXTURES
 from sae_jax.errors import UserError
-from sae_jax.sae import (SAEConfig, encode_pre, decode, estimate_norm_scaling_factor,
-                         fold_activation_norm_scaling_factor, fold_W_dec_norm, init_params, l1_coefficient_at, loss_fn,
-                         lr_at, make_optimizer, make_train_step, clip_by_global_norm_torch)
+from sae_jax.sae import (SAE, SAEConfig, estimate_norm_scaling_factor, fold_activation_norm_scaling_factor,
+                         fold_W_dec_norm, init_params, l1_coefficient_at, loss, lr_at, make_optimizer,
+                         make_train_step, clip_by_global_norm_torch)
 
 NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -33,6 +34,7 @@ def fx():
 
 @pytest.fixture(scope="module")
 def cfg(fx):
+  assert fx["inputs"].shape[0] == fx["cfg_n_steps"]  # one stored batch per step of the trajectory
   return SAEConfig(
       d_in=fx["cfg_d_in"], d_sae=fx["cfg_d_sae"], batch_size=fx["cfg_batch_size"], n_steps=fx["cfg_n_steps"],
       lr=fx["cfg_lr"], l1_coefficient=fx["cfg_l1_coefficient"], l1_warm_up_steps=fx["cfg_l1_warm_up_steps"],
@@ -68,9 +70,10 @@ def run(fx, cfg):
   return stacked, snapshots
 
 
-def _grads(params, x, lam):
+def _grads(params, x, cfg, t):
+  """Gradients of the loss at step t (lambda_t from the schedule)."""
   with jax.default_matmul_precision("highest"):
-    return jax.jit(jax.grad(lambda p, x, lam: loss_fn(p, x, lam)[0]))(params, jnp.asarray(x), jnp.float32(lam))
+    return jax.jit(jax.grad(lambda p, x, t: loss(p, x, cfg, t)[0]))(params, jnp.asarray(x), jnp.int32(t))
 
 
 # --- init ------------------------------------------------------------------------------------------------------
@@ -86,24 +89,24 @@ def _check_init_properties(p, d_in, d_sae, norm):
 
 
 def test_init_properties(fx, cfg):
-  ours = init_params(jax.random.key(cfg.seed), cfg.d_in, cfg.d_sae, cfg.decoder_init_norm)
+  ours = init_params(cfg, jax.random.key(cfg.seed))
   _check_init_properties(ours, cfg.d_in, cfg.d_sae, cfg.decoder_init_norm)
   _check_init_properties(_params(fx, "init"), cfg.d_in, cfg.d_sae, cfg.decoder_init_norm)  # SAELens' has them too
-  again = init_params(jax.random.key(cfg.seed), cfg.d_in, cfg.d_sae, cfg.decoder_init_norm)
-  other = init_params(jax.random.key(cfg.seed + 1), cfg.d_in, cfg.d_sae, cfg.decoder_init_norm)
+  again = init_params(cfg, jax.random.key(cfg.seed))
+  other = init_params(cfg, jax.random.key(cfg.seed + 1))
   np.testing.assert_array_equal(ours["W_dec"], again["W_dec"])
   assert not np.array_equal(ours["W_dec"], other["W_dec"])
 
 
 # --- E: single-step exactness -------------------------------------------------------------------------------------
 
-def test_E1_step0_forward(fx):
-  params, x = _params(fx, "init"), _scaled(fx, 0)
+def test_E1_step0_forward(fx, cfg):
+  sae, x = SAE(_params(fx, "init"), cfg), _scaled(fx, 0)
   np.testing.assert_array_equal(x, fx["step0_sae_in"])
   with jax.default_matmul_precision("highest"):
-    h = encode_pre(params, jnp.asarray(x))
+    h = sae.encode_pre(jnp.asarray(x))
     f = jax.nn.relu(h)
-    x_hat = decode(params, f)
+    x_hat = sae.decode(f)
   devs = {}
   for name, ours in (("hidden_pre", h), ("feature_acts", f), ("sae_out", x_hat)):
     ref = fx[f"step0_{name}"]
@@ -115,8 +118,7 @@ def test_E1_step0_forward(fx):
 def test_E2_gradients(fx, cfg):
   devs = {}
   for t, prefix in ((0, "init"), (1, "after1")):
-    lam = float(l1_coefficient_at(cfg, t))
-    grads = _grads(_params(fx, prefix), _scaled(fx, t), lam)
+    grads = _grads(_params(fx, prefix), _scaled(fx, t), cfg, t)
     for n in NAMES:
       ref = fx[f"step{t}_grad_{n}"]
       dev = float(np.max(np.abs(np.asarray(grads[n]) - ref)) / np.max(np.abs(ref)))
@@ -241,15 +243,15 @@ def test_F_folds_on_stored_params(fx):
   _report("F max|diff|", **devs)
 
 
-def test_folded_saes_on_raw_inputs(fx):
+def test_folded_saes_on_raw_inputs(fx, cfg):
   """The folded SAE on raw x = the unfolded one on s*x; unit-norm features = folded ones times ||W_dec_i||."""
   x = jnp.asarray(fx["inputs"][0])
   with jax.default_matmul_precision("highest"):
     for prefix in ("folded", "unitnorm"):
-      p = _params(fx, prefix)
-      f = jax.nn.relu(encode_pre(p, x))
+      sae = SAE(_params(fx, prefix), cfg)
+      f = sae.encode(x)
       np.testing.assert_allclose(f, fx[f"eval_{prefix}_feature_acts"], rtol=1e-5, atol=1e-6)
-      np.testing.assert_allclose(decode(p, f), fx[f"eval_{prefix}_sae_out"], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(sae.decode(f), fx[f"eval_{prefix}_sae_out"], rtol=1e-5, atol=1e-5)
 
 
 def test_S_norm_scaling_factor(fx):
@@ -303,9 +305,12 @@ def test_config_errors_name_the_field():
 
 
 def test_train_step_is_the_same_sharded(fx, cfg):
-  """Params split over d_sae ("model") and the batch over "data" (2 x 4 fake devices) = one device."""
+  """Params split over d_sae ("model") and the batch over "data" (up to 2 x 4 fake devices, as the fixture's
+  batch and d_sae divide) = one device."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  mesh = Mesh(np.asarray(jax.devices()).reshape(2, 4), ("data", "model"))
+  data = math.gcd(cfg.batch_size, 2)
+  model = math.gcd(cfg.d_sae, 8 // data)
+  mesh = Mesh(np.asarray(jax.devices()[:data * model]).reshape(data, model), ("data", "model"))
   specs = {"W_enc": P(None, "model"), "b_enc": P("model"), "W_dec": P("model", None), "b_dec": P()}
   step_fn = jax.jit(make_train_step(cfg))
   results = []
@@ -315,7 +320,7 @@ def test_train_step_is_the_same_sharded(fx, cfg):
       if sharded:
         params = {n: jax.device_put(p, NamedSharding(mesh, specs[n])) for n, p in params.items()}
       opt_state = make_optimizer(cfg).init(params)
-      for t in range(3):
+      for t in range(min(3, cfg.n_steps)):
         x = jnp.asarray(_scaled(fx, t))
         if sharded:
           x = jax.device_put(x, NamedSharding(mesh, P("data", None)))

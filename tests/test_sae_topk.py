@@ -12,10 +12,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
-from sae_jax.sae import (SAEConfig, decode, encode, encode_pre, init_sae_params, init_train_state, loss,
-                         make_train_step, param_specs)
+from sae_jax.sae import SAE, SAEConfig, init_params, init_train_state, loss, make_train_step
+from sae_jax.sae import batchtopk as btk_mod
 from sae_jax.sae import topk as topk_mod
-from sae_jax.sae.core import project_out_parallel
+from sae_jax.sae.base import project_out_parallel
 from sae_jax.sae.trainer import param_shardings
 from synthetic_acts import SyntheticActs
 
@@ -44,7 +44,8 @@ def _np_topk_mask(a, k):
 
 
 def _ev(params, cfg, x):
-  x_hat = np.asarray(decode(params, encode(params, jnp.asarray(x), cfg)))
+  sae = SAE(params, cfg)
+  x_hat = np.asarray(sae.decode(sae.encode(jnp.asarray(x))))
   return float(np.mean(1 - np.sum((x_hat - x) ** 2, -1) / np.sum((x - x.mean(0)) ** 2, -1)))
 
 
@@ -74,18 +75,18 @@ def trained():
 
 def test_topk_keeps_exactly_the_k_largest_per_token():
   cfg = _cfg()
-  params = init_sae_params(cfg, jax.random.key(1))
+  params = init_params(cfg, jax.random.key(1))
   x = _batches(1, seed=3)[0]
   x = x - x.mean(0)  # centred inputs: about half the pre-activations are positive, far more than k
   with jax.default_matmul_precision("highest"):
-    f = np.asarray(jax.jit(encode, static_argnums=2)(params, jnp.asarray(x), cfg))
-    a = np.maximum(np.asarray(encode_pre(params, jnp.asarray(x), cfg)), 0)
+    f = np.asarray(jax.jit(lambda s, x: s.encode(x))(SAE(params, cfg), jnp.asarray(x)))
+    a = np.maximum(np.asarray(SAE(params, cfg).encode_pre(jnp.asarray(x))), 0)
   assert np.all((a > 0).sum(1) > cfg.k)
   np.testing.assert_array_equal((f != 0).sum(1), np.full(B, cfg.k))
   np.testing.assert_array_equal(f != 0, _np_topk_mask(a, cfg.k))
   np.testing.assert_array_equal(f[f != 0], a[f != 0])
   # Leading dims are kept: [2, B/2, d_in] gives the same features.
-  f3 = np.asarray(encode(params, jnp.asarray(x.reshape(2, B // 2, D)), cfg))
+  f3 = np.asarray(SAE(params, cfg).encode(jnp.asarray(x.reshape(2, B // 2, D))))
   np.testing.assert_array_equal(f3.reshape(B, D_SAE), f)
 
 
@@ -102,15 +103,15 @@ def test_sharded_topk_mask_equals_global_top_k_with_ties(k):
 
 def test_batchtopk_keeps_k_times_batch_over_the_whole_batch():
   cfg = _cfg("batchtopk")
-  params = init_sae_params(cfg, jax.random.key(2))
+  params = init_params(cfg, jax.random.key(2))
   x = _batches(1, seed=4)[0]
   x = x - x.mean(0)
   with jax.default_matmul_precision("highest"):
-    a = jax.nn.relu(encode_pre(params, jnp.asarray(x), cfg))
-    f = np.asarray(topk_mod.select(a, cfg))
+    a = jax.nn.relu(SAE(params, cfg).encode_pre(jnp.asarray(x)))
+    f = np.asarray(btk_mod.select(a, cfg))
   a = np.asarray(a)
   kth = np.sort(a.ravel())[::-1][cfg.k * B - 1]
-  assert float(topk_mod.kth_largest_nonnegative(jnp.asarray(a), cfg.k * B)) == kth
+  assert float(btk_mod.kth_largest_nonnegative(jnp.asarray(a), cfg.k * B)) == kth
   assert (f > 0).sum() == cfg.k * B
   per_token = (f > 0).sum(1)
   assert per_token.min() < cfg.k < per_token.max()  # the budget is shared by the batch, not per token
@@ -118,7 +119,7 @@ def test_batchtopk_keeps_k_times_batch_over_the_whole_batch():
   # Fewer positives than k * B: all positives kept, nothing else.
   few = np.zeros((4, 8), np.float32)
   few[0, :3] = [3.0, 1.0, 2.0]
-  np.testing.assert_array_equal(np.asarray(topk_mod.batch_topk_mask(jnp.asarray(few), 5)) & (few > 0), few > 0)
+  np.testing.assert_array_equal(np.asarray(btk_mod.batch_topk_mask(jnp.asarray(few), 5)) & (few > 0), few > 0)
 
 
 # --- decoder norm and the parallel gradient ---------------------------------------------------------------------
@@ -161,7 +162,7 @@ def _np_auxk(params, x, cfg, dead):
 
 def test_auxk_is_zero_without_dead_latents_and_matches_the_formula_with_them():
   cfg = _cfg(aux_k=6, aux_k_coefficient=0.5)
-  params = init_sae_params(cfg, jax.random.key(5))
+  params = init_params(cfg, jax.random.key(5))
   x = _batches(1, seed=5)[0]
   aux_and_grad = jax.jit(jax.value_and_grad(lambda p, dead: loss(p, jnp.asarray(x), cfg, 0, dead)[1]["aux_loss"]))
   with jax.default_matmul_precision("highest"):
@@ -218,9 +219,9 @@ def test_batchtopk_exports_a_jumprelu_threshold_that_reproduces_the_batch_select
   # The running estimate follows the batches' smallest selected activation (EMA with rate 0.01).
   for x in held_out:
     with jax.default_matmul_precision("highest"):
-      a = jax.nn.relu(encode_pre(params, jnp.asarray(x), cfg))
-      batch_sel = np.asarray(topk_mod.select(a, cfg)) > 0
-      jump_sel = np.asarray(encode(params, jnp.asarray(x), cfg)) > 0
+      a = jax.nn.relu(SAE(params, cfg).encode_pre(jnp.asarray(x)))
+      batch_sel = np.asarray(btk_mod.select(a, cfg)) > 0
+      jump_sel = np.asarray(SAE(params, cfg).encode(jnp.asarray(x))) > 0
     agree = (batch_sel & jump_sel).sum() / (batch_sel | jump_sel).sum()
     assert agree > 0.8, agree
     assert abs(jump_sel.sum(1).mean() / cfg.k - 1) < 0.3
@@ -404,7 +405,7 @@ def test_sparse_decode_leaves_no_dense_decoder_matmul(mesh_shape):
   mesh = shd.make_mesh(data=mesh_shape[0], model=mesh_shape[1]) if mesh_shape else None
   d_sae, n = 128, 24
   cfg = _cfg(d_sae=d_sae)
-  params = init_sae_params(cfg, jax.random.key(0))
+  params = init_params(cfg, jax.random.key(0))
   x, dead = jnp.zeros((n, D)), jnp.ones(d_sae, bool)
   size = n * d_sae * D // (4 if mesh else 1)
   sparse = jax.make_jaxpr(jax.value_and_grad(lambda p: loss(p, x, cfg, 0, dead, mesh)[0]))(params)
@@ -447,13 +448,14 @@ def test_architecture_defaults_and_replace():
   assert SAEConfig.from_dict(_cfg(apply_b_dec_to_input=False).to_dict()).apply_b_dec_to_input is False
 
 
-def test_encode_dispatch_keeps_the_old_signature_and_needs_a_threshold():
+def test_encode_needs_a_threshold():
+  """The encoder dispatches on the config (batchtopk: JumpReLU at inference), which needs a threshold."""
   cfg = _cfg("batchtopk")
-  params = init_sae_params(cfg, jax.random.key(0))
+  params = init_params(cfg, jax.random.key(0))
   x = jnp.asarray(_batches(1)[0])
-  np.testing.assert_array_equal(encode(params, x), jax.nn.relu(x @ params["W_enc"] + params["b_enc"]))
-  np.testing.assert_array_equal(encode(params, x, True), encode(params, x, SAEConfig(d_in=D, d_sae=D_SAE,
-                                                                                     apply_b_dec_to_input=True)))
+  standard = SAEConfig(d_in=D, d_sae=D_SAE, apply_b_dec_to_input=True)
+  np.testing.assert_array_equal(SAE(params, standard).encode(x),
+                                jax.nn.relu((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]))
   del params["threshold"]
   with pytest.raises(UserError, match="batchtopk SAE params have no 'threshold'"):
-    encode(params, x, cfg)
+    SAE(params, cfg).encode(x)

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from sae_jax.models.loading import load_model
+from sae_jax.sae import SAE, SAEConfig
 from sae_jax.sae.splice_eval import splice_metrics
 
 
@@ -46,7 +47,8 @@ def test_splice_metrics_match_hand_computation(tiny_hf_dir):
   want = {"ce_loss_clean": _ce(clean, t), "ce_loss_with_sae": _ce(sae, t), "ce_loss_zero_ablation": _ce(zero, t)}
   kl = torch.nn.functional.kl_div(torch.log_softmax(sae[:, :-1], -1), torch.log_softmax(clean[:, :-1], -1),
                                   log_target=True, reduction="none").sum(-1).mean().item()
-  got = splice_metrics(model, params, [tokens], layer, scale=scale)
+  sae = SAE(params, SAEConfig(d_in=d, d_sae=d_sae, hook_layer=layer), "scaled", scale)  # acts on scale * x
+  got = splice_metrics(model, sae, [tokens])
   for k, v in want.items():
     assert abs(got[k] - v) < 1e-4, (k, got[k], v)
   assert abs(got["kl_with_sae"] - kl) < 1e-4

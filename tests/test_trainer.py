@@ -45,8 +45,8 @@ def test_trains_and_exports(tmp_path):
   assert last["explained_variance"] > 0.4 and last["l0"] < 0.5 * first["l0"]
   assert {"l0", "dead_fraction", "dense_fraction", "fvu", "grad_norm", "lr"} <= set(last)
   loaded = load_saelens(result["sae_dir"])
-  np.testing.assert_array_equal(loaded.params["W_enc"], result["params"]["W_enc"])
-  assert loaded.expects_raw_activations and os.path.isdir(tmp_path / "tensorboard")
+  np.testing.assert_array_equal(loaded.params["W_enc"], result["sae"].params["W_enc"])
+  assert loaded.units == "raw" and os.path.isdir(tmp_path / "tensorboard")
 
 
 _CHILD = """
@@ -74,8 +74,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   child.wait()
   assert not (out / "sae").exists()
   resumed = _run(out, n_steps=80, checkpoint_every=10)
-  for k in straight["params"]:
-    np.testing.assert_array_equal(resumed["params"][k], straight["params"][k])
+  for k in straight["sae"].params:
+    np.testing.assert_array_equal(resumed["sae"].params[k], straight["sae"].params[k])
 
 
 @pytest.mark.parametrize("architecture", ["standard", "topk", "batchtopk", "jumprelu"])
@@ -83,8 +83,8 @@ def test_sharded_2x4_matches_one_device(tmp_path, architecture):
   single = _run(tmp_path / "one", n_steps=30, architecture=architecture)
   mesh = shd.make_mesh(2, 1, 4)
   sharded = _run(tmp_path / "eight", n_steps=30, mesh=mesh, architecture=architecture)
-  for k in single["params"]:
-    np.testing.assert_allclose(sharded["params"][k], single["params"][k], rtol=1e-4, atol=1e-5)
+  for k in single["sae"].params:
+    np.testing.assert_allclose(sharded["sae"].params[k], single["sae"].params[k], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("architecture", ["standard", "topk"])

@@ -10,7 +10,6 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 @flax.struct.dataclass

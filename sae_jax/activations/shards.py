@@ -10,51 +10,37 @@ also store the token rows it ran (`rows.npy`); with them `CachedRows` gives pass
 neighbours (ReasonScore, diffing) [B, L] batches without running the model.
 """
 
+import dataclasses
 import hashlib
 import io
 import json
-import os
 
-import fsspec
 import numpy as np
 
+from sae_jax import io as sio
 from sae_jax.errors import UserError
 
 MANIFEST = "manifest.json"
 ROWS_FILE = "rows.npy"
 
 
-def _fs(path: str):
-  try:
-    return fsspec.core.url_to_fs(path)
-  except (ImportError, ValueError) as e:
-    raise UserError(f"cannot open {path}: {e} (for gs:// install gcsfs)") from None
+@dataclasses.dataclass(frozen=True)
+class ActivationsConfig:
+  """Where training reads activations (config section `activations`)."""
 
-
-def _join(root: str, name: str) -> str:
-  return root.rstrip("/") + "/" + name
-
-
-def _write_bytes(fs, path: str, data: bytes) -> None:
-  """Complete or absent: temp file + rename locally, a single upload elsewhere."""
-  if "file" in fs.protocol or "local" in fs.protocol:
-    with open(path + ".tmp", "wb") as f:
-      f.write(data)
-    os.replace(path + ".tmp", path)
-  else:
-    with fs.open(path, "wb") as f:
-      f.write(data)
+  cache_dir: str = ""  # shards of collect_activations.py (local or fsspec URL) instead of running the model
+  loop: bool = False  # repeat the data when it runs out
 
 
 def read_manifest(path: str) -> dict:
-  fs, root = _fs(path)
-  file = _join(root, MANIFEST)
+  fs, root = sio.filesystem(path)
+  file = sio.join(root, MANIFEST)
   try:
     return json.loads(fs.cat_file(file))
   except FileNotFoundError:
     raise UserError(f"no activation cache at {path} (missing {MANIFEST})") from None
   except json.JSONDecodeError:
-    raise UserError(f"corrupted manifest {_join(path, MANIFEST)}") from None
+    raise UserError(f"corrupted manifest {sio.join(path, MANIFEST)}") from None
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -68,6 +54,23 @@ def rows_digest(rows: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(rows, np.int32).tobytes()).hexdigest()
 
 
+def fill_cache(source, writer: "ShardWriter", max_batches: int = 0, progress=None) -> dict:
+  """Runs `source` (an `ActivationSource`) from the writer's resume point into its shards; the manifest.
+
+  `max_batches` > 0 stops after that many model batches; `progress(batches_done, total)` after each.
+  """
+  resume_batch, skip = writer.resume_point
+  source.seek(resume_batch)
+  total = min(max_batches or source.batches_per_epoch, source.batches_per_epoch)
+  while source.position < total:
+    acts, keep = source()
+    writer.add(np.asarray(acts)[keep][skip:], batch_end=source.position)
+    skip = 0
+    if progress is not None:
+      progress(source.position, total)
+  return writer.finish()
+
+
 class ShardWriter:
   """Collects host activations and writes `shard_NNNNNN.npy` of exactly `shard_tokens` rows.
 
@@ -77,22 +80,22 @@ class ShardWriter:
 
   def __init__(self, path: str, shard_tokens: int, d: int, meta: dict, rows: np.ndarray | None = None):
     self.path, self.shard_tokens, self.d = path, shard_tokens, d
-    self.fs, self.root = _fs(path)
+    self.fs, self.root = sio.filesystem(path)
     self.fs.makedirs(self.root, exist_ok=True)
     if rows is not None:
       rows = np.asarray(rows)
       if rows.ndim != 2:
         raise UserError(f"token rows must be [rows, length], got shape {rows.shape}")
       meta = {**meta, "rows_sha256": rows_digest(rows), "rows_shape": [int(n) for n in rows.shape]}
-    if self.fs.exists(_join(self.root, MANIFEST)):
+    if self.fs.exists(sio.join(self.root, MANIFEST)):
       self.manifest = read_manifest(path)
       old = {k: self.manifest["meta"].get(k) for k in meta}
       if old != meta or self.manifest["d"] != d or self.manifest["shard_tokens"] != shard_tokens:
         raise UserError(f"{path} holds a cache made with other settings ({old}); use another --out")
     else:
       self.manifest = {"d": d, "shard_tokens": shard_tokens, "meta": meta, "shards": [], "done": False}
-    if rows is not None and not self.fs.exists(_join(self.root, ROWS_FILE)):  # before any shard refers to it
-      _write_bytes(self.fs, _join(self.root, ROWS_FILE), _npy_bytes(rows.astype(np.int32)))
+    if rows is not None and not self.fs.exists(sio.join(self.root, ROWS_FILE)):  # before any shard refers to it
+      sio.write_bytes(sio.join(self.root, ROWS_FILE), _npy_bytes(rows.astype(np.int32)), fs=self.fs)
     self.pending: list[np.ndarray] = []
     self.pending_rows = 0
 
@@ -124,13 +127,13 @@ class ShardWriter:
     index = len(self.manifest["shards"])
     name = f"shard_{index:06d}.npy"
     data = _npy_bytes(block)
-    _write_bytes(self.fs, _join(self.root, name), data)
+    sio.write_bytes(sio.join(self.root, name), data, fs=self.fs)
     self.manifest["shards"].append({"file": name, "tokens": int(len(block)), "resume_batch": int(resume[0]),
                                     "resume_skip": int(resume[1]), "bytes": len(data)})
     self._write_manifest()
 
   def _write_manifest(self) -> None:
-    _write_bytes(self.fs, _join(self.root, MANIFEST), json.dumps(self.manifest, indent=1).encode())
+    sio.write_bytes(sio.join(self.root, MANIFEST), json.dumps(self.manifest, indent=1).encode(), fs=self.fs)
 
   def finish(self) -> dict:
     """Marks the cache complete; a partial last shard is dropped (fixed shard size keeps reads static)."""
@@ -144,7 +147,7 @@ class ShardReader:
 
   def __init__(self, path: str, d: int | None = None, start_shard: int = 0, loop: bool = False):
     self.path, self.manifest = path, read_manifest(path)
-    self.fs, self.root = _fs(path)
+    self.fs, self.root = sio.filesystem(path)
     if d is not None and self.manifest["d"] != d:
       raise UserError(f"activation cache {path} has width {self.manifest['d']}, the SAE expects d_in {d}")
     if not self.manifest["shards"]:
@@ -160,7 +163,7 @@ class ShardReader:
     if self.position >= len(shards) and not self.loop:
       return None
     info = shards[self.position % len(shards)]
-    file = _join(self.root, info["file"])
+    file = sio.join(self.root, info["file"])
     try:
       data = self.fs.cat_file(file)
       acts = np.load(io.BytesIO(data), allow_pickle=False)
@@ -190,13 +193,13 @@ class CachedRows:
                       "collect it again with launch/collect_activations.py")
     if d is not None and self.manifest["d"] != d:
       raise UserError(f"activation cache {path} has width {self.manifest['d']}, the SAE expects d_in {d}")
-    fs, root = _fs(path)
+    fs, root = sio.filesystem(path)
     try:
-      rows = np.load(io.BytesIO(fs.cat_file(_join(root, ROWS_FILE))), allow_pickle=False)
+      rows = np.load(io.BytesIO(fs.cat_file(sio.join(root, ROWS_FILE))), allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
       raise UserError(f"cannot read the token rows of {path}: {e}") from None
     if rows_digest(rows) != meta["rows_sha256"]:
-      raise UserError(f"{_join(path, ROWS_FILE)} does not match its manifest (digest differs)")
+      raise UserError(f"{sio.join(path, ROWS_FILE)} does not match its manifest (digest differs)")
     self.exclude_ids = tuple(int(i) for i in meta.get("exclude_ids", ()))
     kept = np.cumsum((~np.isin(rows, self.exclude_ids)).sum(axis=1))
     cached = sum(s["tokens"] for s in self.manifest["shards"])

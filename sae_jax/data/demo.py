@@ -14,6 +14,7 @@ import importlib.util
 import random
 from typing import Callable
 
+from sae_jax.data.tokenizers import load_tokenizer
 from sae_jax.errors import UserError
 
 REASONING_WORDS = ("Wait", "Let me", "Therefore", "However", "Alternatively", "Hmm", "Maybe", "Perhaps", "But",
@@ -181,8 +182,6 @@ def demo_corpus(n: int = 2000, tokenizer=None, seed: int = 0, use_reasoning_gym:
   tokenizer: object or dir whose chat template renders the turns; default: the embedded SmolLM2 (offline
   assets). Same n, seed and tokenizer -> same documents.
   """
-  from sae_jax.data.packing import load_tokenizer
-
   if tokenizer is None:
     from sae_jax.assets import build_all
     tokenizer = build_all().smollm2_hf

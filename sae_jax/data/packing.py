@@ -23,22 +23,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from sae_jax.data.sources import as_spec, load_text_source
+from sae_jax.data.tokenizers import load_tokenizer
 from sae_jax.errors import UserError
 
 MODES = ("clean", "reference")
 TL_NUM_CHUNKS = 20  # tokenize_and_concatenate's fixed number of character chunks per map batch
 TL_PAD = "<PAD>"  # the special token the reference adds when pad == eos (and TL when there is no pad)
-
-
-def load_tokenizer(tokenizer):
-  """A tokenizer object, or a dir / hub id loaded with `AutoTokenizer`."""
-  if not isinstance(tokenizer, str):
-    return tokenizer
-  from transformers import AutoTokenizer
-  try:
-    return AutoTokenizer.from_pretrained(tokenizer)
-  except (OSError, ValueError) as e:
-    raise UserError(f"cannot load a tokenizer from {tokenizer!r}: {str(e).splitlines()[0]}") from None
 
 
 def reference_tokenizer(tokenizer):
@@ -297,8 +288,6 @@ def token_rows(sources, tokenizer, context_size: int = 1024, mode: str = "clean"
   Each source is packed on its own (as the reference tokenized LMSYS and OpenThoughts separately) and the
   row streams are interleaved by `mix_rows(seed=seed)`. Same arguments -> same rows.
   """
-  from sae_jax.data.sources import as_spec, load_text_source
-
   if isinstance(sources, (str, dict)) or not isinstance(sources, Sequence):
     sources = [sources]
   if not sources:

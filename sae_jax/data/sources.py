@@ -16,6 +16,8 @@ import importlib.util
 import os
 from typing import Any, Mapping
 
+from sae_jax.data import text as T
+from sae_jax.data.demo import demo_corpus
 from sae_jax.errors import UserError
 
 BUILDERS = ("lmsys", "openthoughts", "openthoughts_subset")
@@ -103,7 +105,6 @@ def load_text_source(spec, tokenizer=None, cache_dir: str | None = None):
   if spec.weight <= 0:
     raise UserError(f"source {spec.path!r}: weight must be positive, got {spec.weight}")
   if spec.path == "demo":
-    from sae_jax.data.demo import demo_corpus
     import datasets
     ds = datasets.Dataset.from_dict({"text": demo_corpus(spec.n, tokenizer=tokenizer, seed=spec.seed)})
   else:
@@ -120,8 +121,6 @@ def load_text_source(spec, tokenizer=None, cache_dir: str | None = None):
 
 def _to_text(ds, spec: SourceSpec):
   """Apply the builder (or pick the column); leave exactly one column, `text`."""
-  from sae_jax.data import text as T
-
   seed = spec.shuffle_seed
   if spec.builder == "lmsys":
     ds = T.lmsys_corpus(ds, shuffle_seed=42 if seed == _AUTO else seed)

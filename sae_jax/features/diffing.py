@@ -9,7 +9,6 @@ many of B's top reasoning features are "B-only" (density in A below a threshold)
 """
 
 import dataclasses
-import json
 import os
 import struct
 import zlib
@@ -18,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sae_jax import io as sio
 from sae_jax.errors import UserError
-from sae_jax.features.reasonscore import (EPS, PAPER_ALPHA, ReasonScoreAccumulator, ReasonScores, feed_rows,
-                                          _write_atomically)
-from sae_jax.sae import encode
+from sae_jax.features.reasonscore import EPS, PAPER_ALPHA, ReasonScoreAccumulator, ReasonScores, feed_rows
+from sae_jax.models import sharding as shd
+from sae_jax.sae import SAE
 
 RATIO_EPS = 1e-6  # added to both sides of B/A so features dead in A give large finite ratios
 B_ONLY_DENSITY = 1e-5  # "B-only": fires on fewer than 1 in 100k (non-ignored) tokens of A
@@ -51,21 +51,21 @@ class FeatureStatsAccumulator(ReasonScoreAccumulator):
   `encode` next to the parent's; XLA merges the two (common subexpressions), so each token is encoded once.
   """
 
-  def __init__(self, params, vocab, *, sae_cfg=False, **kwargs):
-    super().__init__(params, vocab, sae_cfg=sae_cfg, **kwargs)
+  def __init__(self, sae: SAE, vocab, **kwargs):
+    super().__init__(sae, vocab, **kwargs)
     self._state["active"] = self._place(jnp.zeros((self.d_sae,), jnp.int32), 0)
     # State shardings pinned on the way out too, so the step compiles once for every batch and model.
     shardings = jax.tree.map(lambda a: a.sharding, self._state)
-    self._step = jax.jit(self._make_step(sae_cfg), donate_argnums=(0,), out_shardings=shardings)
+    self._step = jax.jit(self._make_step(), donate_argnums=(0,), out_shardings=shardings)
     self._zero = jax.jit(lambda s: jax.tree.map(jnp.zeros_like, s), out_shardings=shardings)
 
-  def _make_step(self, sae_cfg):
-    base = super()._make_step(sae_cfg)
+  def _make_step(self):
+    base = super()._make_step()
     ignore = np.asarray(self.ignore_ids, np.int64)
 
-    def step(state, params, tokens, acts):
-      out = base({"sums": state["sums"], "counts": state["counts"]}, params, tokens, acts)
-      features = encode(params, acts.astype(jnp.float32), sae_cfg)
+    def step(state, sae, tokens, acts):
+      out = base({"sums": state["sums"], "counts": state["counts"]}, sae, tokens, acts)
+      features = sae.encode(acts)
       keep = ~jnp.isin(tokens, jnp.asarray(ignore.astype(tokens.dtype)))
       fired = (features > 0) & keep[..., None]
       return {**out, "active": state["active"] + fired.sum(axis=(0, 1), dtype=jnp.int32)}
@@ -105,13 +105,12 @@ def model_stats(site_fn, rows, acc: FeatureStatsAccumulator, *, batch_rows: int,
 # ---- checks ----
 
 
-def check_pair(cfg_a, cfg_b, d_in: int, layer: int) -> None:
+def check_pair(cfg_a, cfg_b, sae: SAE, layer: int) -> None:
   """Both models (ModelConfig) have one width, the SAE's d_in, and the hooked layer."""
   if cfg_a.hidden_size != cfg_b.hidden_size:
     raise UserError(f"model widths differ: A hidden_size {cfg_a.hidden_size}, B {cfg_b.hidden_size}; "
                     "diffing needs one SAE on both residual streams")
-  if d_in != cfg_a.hidden_size:
-    raise UserError(f"SAE d_in {d_in} != model width {cfg_a.hidden_size}")
+  sae.check_width(cfg_a.hidden_size)
   for name, cfg in (("A", cfg_a), ("B", cfg_b)):
     if not 0 <= layer < cfg.num_layers:
       raise UserError(f"layer {layer} is out of range for model {name}: it has layers 0..{cfg.num_layers - 1}")
@@ -123,7 +122,7 @@ def check_batches(n_rows: int, batch_rows: int, mesh=None) -> None:
     raise UserError(f"batch_rows must be positive, got {batch_rows}")
   if mesh is None or n_rows == 0:
     return
-  n_data = mesh.shape["data"] * mesh.shape["fsdp"]
+  n_data = shd.data_shards(mesh)
   sizes = {min(batch_rows, n_rows), n_rows % batch_rows or batch_rows}
   if any(s % n_data for s in sizes):
     raise UserError(f"batches of {sorted(sizes)} rows ({n_rows} rows, batch_rows {batch_rows}) do not split "
@@ -236,18 +235,17 @@ class ModelDiff:
     """<array>.npy, ReasonScores of A and B in a/ and b/, diff.png, then diff.json (summary + top list)."""
     os.makedirs(out_dir, exist_ok=True)
     for name, array in self.arrays().items():
-      _write_atomically(os.path.join(out_dir, f"{name}.npy"), lambda f, a=array: np.save(f, a))
+      sio.write_npy(os.path.join(out_dir, f"{name}.npy"), array)
     self.a.reason.save(os.path.join(out_dir, "a"))
     self.b.reason.save(os.path.join(out_dir, "b"))
     top = self.top(top_k)
     png = density_scatter_png(self, [t["feature"] for t in top])
-    _write_atomically(os.path.join(out_dir, PLOT_FILE), lambda f: f.write(png))
+    sio.write_bytes(os.path.join(out_dir, PLOT_FILE), png)
     meta = {**(extra or {}), "summary": self.summary(top_k), "arrays": list(ARRAYS), "reasonscores": ["a", "b"],
             "plot": f"{PLOT_FILE}: log10 density A (x) vs B (y), top-k of B in red, y = x grey, "
                     "b_only_density dashed; never-firing features sit on the lower/left edge",
             "top": top}
-    _write_atomically(os.path.join(out_dir, META_FILE),
-                      lambda f: f.write(json.dumps(meta, indent=1, default=float).encode()))
+    sio.write_json(os.path.join(out_dir, META_FILE), meta, indent=1, default=float)
     return out_dir
 
 

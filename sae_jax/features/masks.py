@@ -10,12 +10,12 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from sae_jax import paper
 from sae_jax.errors import UserError
 from sae_jax.features.vocab import Vocabulary
 
 MODES = ("reference", "intended")
-PAPER_WINDOW = (1, 2)  # tokens added left and right of every matched token (`--expand_range 1,2`)
-PAPER_IGNORE_IDS = (128000, 128001)  # BOS, EOS of the Llama-3 vocabulary
+PAPER_WINDOW, PAPER_IGNORE_IDS = paper.WINDOW, paper.IGNORE_IDS
 
 
 class ReasonMasks(NamedTuple):

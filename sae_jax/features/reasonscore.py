@@ -14,24 +14,25 @@ as the check for the streamed path.
 import dataclasses
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sae_jax import io as sio
+from sae_jax import paper
 from sae_jax.errors import UserError
 from sae_jax.features.masks import PAPER_IGNORE_IDS, PAPER_WINDOW, check_mask_settings, reason_masks
 from sae_jax.features.vocab import Vocabulary
 from sae_jax.models import sharding as shd
-from sae_jax.sae import encode, fold_W_dec_norm
+from sae_jax.sae import SAE, SAEConfig
 
-PAPER_ALPHA = 0.7
+PAPER_ALPHA = paper.ALPHA
 EPS = 1e-12
 ARRAYS = ("scores", "mu_pos", "mu_neg", "group_means", "entropy", "entropy_norm")
 META_FILE = "reasonscore.json"  # written last: its presence means the arrays beside it are complete
-# The d_sae axis of every SAE tensor and accumulator array (split on `model` under a mesh).
-LATENT_AXIS = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "threshold": 0, "log_threshold": 0, "sums": 1, "counts": None}
+# The d_sae axis of each accumulator array (split on `model` under a mesh).
+STATE_LATENT_AXIS = {"sums": 1, "counts": None}
 _MAX_COUNT = 2**31 - 1  # counts are int32 on device
 
 
@@ -63,10 +64,10 @@ class ReasonScores:
     """<name>.npy per array, then reasonscore.json; each file replaced atomically."""
     os.makedirs(out_dir, exist_ok=True)
     for name in ARRAYS:
-      _write_atomically(os.path.join(out_dir, f"{name}.npy"), lambda f, a=getattr(self, name): np.save(f, a))
+      sio.write_npy(os.path.join(out_dir, f"{name}.npy"), getattr(self, name))
     meta = {"group_names": list(self.group_names), "pos_count": self.pos_count, "neg_count": self.neg_count,
             "group_counts": list(self.group_counts), "settings": self.settings, "arrays": list(ARRAYS)}
-    _write_atomically(os.path.join(out_dir, META_FILE), lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    sio.write_json(os.path.join(out_dir, META_FILE), meta)
     return out_dir
 
   @classmethod
@@ -79,17 +80,6 @@ class ReasonScores:
     arrays = {name: np.load(os.path.join(out_dir, f"{name}.npy")) for name in ARRAYS}
     return cls(**arrays, group_names=tuple(meta["group_names"]), pos_count=meta["pos_count"],
                neg_count=meta["neg_count"], group_counts=tuple(meta["group_counts"]), settings=meta["settings"])
-
-
-def _write_atomically(path: str, write) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path) or ".")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def _mask_rows(masks, xp):
@@ -156,16 +146,17 @@ def latent_sharding(shape, latent_axis, mesh):
   return shd.logical_sharding(axes, shape, mesh)
 
 
-def make_step(vocab: Vocabulary, sae_cfg=False, *, window=PAPER_WINDOW, mode: str = "reference",
-              ignore_ids=PAPER_IGNORE_IDS, mesh=None):
-  """The accumulator's pure `step(state, params, tokens, acts) -> state`: adds one batch's per-mask sums/counts.
+def make_step(vocab: Vocabulary, *, window=PAPER_WINDOW, mode: str = "reference", ignore_ids=PAPER_IGNORE_IDS,
+              mesh=None):
+  """The accumulator's pure `step(state, sae, tokens, acts) -> state`: adds one batch's per-mask sums/counts of
+  the features `sae` (an `SAE`, folded) gives raw site activations `acts`.
 
-  A module function (not a method) so launch/aot_compile.py can lower it with abstract arrays.
+  A module function (not a method) so launch/aot_compile.py can lower it with `abstract_step_args`.
   """
 
-  def step(state, params, tokens, acts):
+  def step(state, sae, tokens, acts):
     rows = _mask_rows(reason_masks(tokens, vocab, window, mode, ignore_ids), jnp)
-    features = encode(params, acts.astype(jnp.float32), sae_cfg)
+    features = sae.encode(acts)
     if mesh is not None:
       features = jax.lax.with_sharding_constraint(
           features, shd.logical_sharding(("batch", None, "latent"), features.shape, mesh))
@@ -175,46 +166,45 @@ def make_step(vocab: Vocabulary, sae_cfg=False, *, window=PAPER_WINDOW, mode: st
   return step
 
 
+def abstract_step_args(vocab: Vocabulary, sae_cfg: SAEConfig, batch_rows: int, context_size: int, mesh) -> tuple:
+  """(state, sae, tokens, acts) of `make_step` as ShapeDtypeStructs placed as the accumulator places them."""
+  def sds(shape, dtype, sharding):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+  state = {k: sds(a.shape, a.dtype, latent_sharding(a.shape, STATE_LATENT_AXIS[k], mesh))
+           for k, a in state_shapes(vocab, sae_cfg.d_sae).items()}
+  return (state, SAE.abstract(sae_cfg, mesh).encoder_only(),
+          sds((batch_rows, context_size), jnp.int32, shd.batch_sharding(mesh, 2)),
+          sds((batch_rows, context_size, sae_cfg.d_in), jnp.float32, shd.batch_sharding(mesh, 3)))
+
+
 class ReasonScoreAccumulator:
   """One pass over a corpus: `update(tokens, acts)` per batch of raw site activations, then `finalize()`.
 
-  `params` is the SAE as trained or loaded ({W_enc [d_in, d_sae], b_enc, W_dec, b_dec, ...}); it is folded
-  with `fold_W_dec_norm` first, as the reference does (pass `fold=False` for params folded already).
-  `sae_cfg` is what `sae_jax.sae.encode` takes (an SAEConfig, or the standard SAE's apply_b_dec_to_input).
-  With a `mesh`, latents are split on its `model` axis and token batches on its data axes; sums are float32
-  and counts int32 on device. Matmuls run at `matmul_precision` ("highest" = float32 on TPU too).
+  `sae` is an `SAE` as trained or loaded, in any units; features are read `folded()` (unit decoder rows), as the
+  reference does. With a `mesh`, latents are split on its `model` axis and token batches on its data axes; sums
+  are float32 and counts int32 on device. Matmuls run at `matmul_precision` ("highest" = float32 on TPU too).
   """
 
-  def __init__(self, params, vocab: Vocabulary, *, sae_cfg=False, window=PAPER_WINDOW, mode: str = "reference",
-               ignore_ids=PAPER_IGNORE_IDS, mesh=None, fold: bool = True, matmul_precision: str = "highest"):
+  def __init__(self, sae: SAE, vocab: Vocabulary, *, window=PAPER_WINDOW, mode: str = "reference",
+               ignore_ids=PAPER_IGNORE_IDS, mesh=None, matmul_precision: str = "highest"):
     window = check_mask_settings(window, mode)
-    if "W_enc" not in params or np.ndim(params["W_enc"]) != 2:
-      raise UserError("SAE params need W_enc [d_in, d_sae]")
-    self.d_in, self.d_sae = (int(n) for n in np.shape(params["W_enc"]))
+    self.d_sae = sae.d_sae
     self.vocab, self.window, self.mode, self.mesh = vocab, window, mode, mesh
     self.ignore_ids = tuple(int(i) for i in ignore_ids)
     self.matmul_precision = matmul_precision
     self.n_tokens = 0
-    params = {k: self._place(v, LATENT_AXIS.get(k)) for k, v in params.items()}
-    if fold:
-      params = fold_W_dec_norm(params)
-    self._params = {k: v for k, v in params.items() if k != "W_dec"}  # encoding never reads the decoder
-    self._state = {k: self._place(jnp.zeros(a.shape, a.dtype), LATENT_AXIS[k])
+    self.sae = sae.place(mesh).folded().encoder_only()  # encoding never reads the decoder
+    self._state = {k: self._place(jnp.zeros(a.shape, a.dtype), STATE_LATENT_AXIS[k])
                    for k, a in state_shapes(vocab, self.d_sae).items()}
-    self._step = jax.jit(self._make_step(sae_cfg), donate_argnums=(0,))
+    self._step = jax.jit(self._make_step(), donate_argnums=(0,))
 
   def _place(self, a, latent_axis):
-    """On the mesh with the d_sae axis (if any) split on `model`; floats as float32."""
-    a = a if hasattr(a, "dtype") else np.asarray(a)
-    if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != jnp.float32:
-      a = a.astype(np.float32)
-    if self.mesh is None:
-      return jnp.asarray(a)
-    return jax.device_put(a, latent_sharding(a.shape, latent_axis, self.mesh))
+    """On the mesh with the d_sae axis (if any) split on `model`."""
+    return a if self.mesh is None else jax.device_put(a, latent_sharding(a.shape, latent_axis, self.mesh))
 
-  def _make_step(self, sae_cfg):
-    return make_step(self.vocab, sae_cfg, window=self.window, mode=self.mode, ignore_ids=self.ignore_ids,
-                     mesh=self.mesh)
+  def _make_step(self):
+    return make_step(self.vocab, window=self.window, mode=self.mode, ignore_ids=self.ignore_ids, mesh=self.mesh)
 
   def update(self, tokens, acts) -> None:
     """Adds one batch: tokens [B, L] ids, acts [B, L, d_in] raw site activations (e.g. from make_site_fn)."""
@@ -224,18 +214,17 @@ class ReasonScoreAccumulator:
     acts_shape = tuple(np.shape(acts))
     if len(acts_shape) != 3 or acts_shape[:2] != shape:
       raise UserError(f"activations {acts_shape} do not match tokens {shape}: expected [B, L, d_in]")
-    if acts_shape[2] != self.d_in:
-      raise UserError(f"SAE d_in {self.d_in} != activation width {acts_shape[2]}")
+    self.sae.check_width(acts_shape[2], "activation width")
     if self.n_tokens + shape[0] * shape[1] > _MAX_COUNT:
       raise UserError(f"more than {_MAX_COUNT} tokens: split the corpus and add the sums and counts")
     if self.mesh is not None:
-      n_data = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+      n_data = shd.data_shards(self.mesh)
       if shape[0] % n_data:
         raise UserError(f"batch of {shape[0]} rows does not split over {n_data} data shards")
       tokens = jax.device_put(tokens, shd.batch_sharding(self.mesh, 2))
       acts = jax.device_put(acts, shd.batch_sharding(self.mesh, 3))
     with jax.default_matmul_precision(self.matmul_precision):
-      self._state = self._step(self._state, self._params, tokens, acts)
+      self._state = self._step(self._state, self.sae, tokens, acts)
     self.n_tokens += shape[0] * shape[1]
 
   def sums_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +240,7 @@ class ReasonScoreAccumulator:
                             _settings(self.window, self.mode, self.ignore_ids, self.n_tokens))
 
 
-def reasonscore_corpus(site_fn, rows, params, vocab: Vocabulary, *, batch_rows: int, alpha: float = PAPER_ALPHA,
+def reasonscore_corpus(site_fn, rows, sae: SAE, vocab: Vocabulary, *, batch_rows: int, alpha: float = PAPER_ALPHA,
                        eps: float = EPS, progress=None, **accumulator_kwargs) -> ReasonScores:
   """ReasonScore of token `rows` [n, L] with `site_fn(tokens) -> [B, L, d_in]`, one forward per token.
 
@@ -261,17 +250,14 @@ def reasonscore_corpus(site_fn, rows, params, vocab: Vocabulary, *, batch_rows: 
   """
   if len(rows) == 0:
     raise UserError("ReasonScore got no tokens: the corpus is empty")
-  acc = ReasonScoreAccumulator(params, vocab, **accumulator_kwargs)
+  acc = ReasonScoreAccumulator(sae, vocab, **accumulator_kwargs)
   feed_rows(acc, site_fn, rows, batch_rows, progress)
   return acc.finalize(alpha, eps)
 
 
 def feed_rows(acc: "ReasonScoreAccumulator", site_fn, rows, batch_rows: int, progress=None) -> None:
   """Runs the model over `rows` in batches (placed on the accumulator's mesh) and updates `acc`."""
-  for start in range(0, len(rows), batch_rows):
-    tokens = np.asarray(rows[start:start + batch_rows])
-    if acc.mesh is not None:
-      tokens = jax.device_put(tokens, shd.batch_sharding(acc.mesh, 2))
+  for start, n, tokens in shd.token_batches(rows, batch_rows, acc.mesh):
     acc.update(tokens, site_fn(tokens))
     if progress is not None:
-      progress(start + tokens.shape[0], len(rows))
+      progress(start + n, len(rows))

@@ -10,21 +10,10 @@ import json
 
 import numpy as np
 
+from sae_jax import paper
 from sae_jax.errors import UserError
 
-# In the reference's json order. "But" and "Another" appear only capitalised and without a leading space.
-DEFAULT_REASON_STRINGS = (
-    "alternatively", " alternatively", "Alternatively", " Alternatively",
-    "hmm", " hmm", "Hmm", " Hmm",
-    "maybe", " maybe", "Maybe", " Maybe",
-    "wait", " wait", "Wait", " Wait",
-    "perhaps", " perhaps", "Perhaps", " Perhaps",
-    "let me", " let me", "Let me", " Let me",
-    "therefore", " therefore", "Therefore", " Therefore",
-    "however", " however", "However", " However",
-    "But",
-    "Another",
-)  # fmt: skip
+DEFAULT_REASON_STRINGS = paper.REASON_STRINGS
 
 
 def group_key(s: str) -> str:

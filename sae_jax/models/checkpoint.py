@@ -1,32 +1,30 @@
 """Converted-model checkpoints: Orbax params + HF `config.json` + tokenizer files, restorable on any mesh."""
 
+import dataclasses
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from sae_jax import io as sio
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 from sae_jax.models.config import ModelConfig
-from sae_jax.models.loading import abstract_model
+from sae_jax.models.loading import abstract_model, load_model, peek_config
 from sae_jax.models.transformer import Transformer
 
+DTYPES = ("bfloat16", "float32")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json", "tokenizer.model")
 
 
 def save(out_dir: str, model: Transformer, hf_config: dict, tokenizer_dir: str | None = None) -> str:
   """Writes the checkpoint into a temp dir beside `out_dir`, then renames: complete or absent."""
-  out_dir = os.path.abspath(out_dir)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
-  try:
+  with sio.replaced_dir(out_dir) as tmp:
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, "params"), params)
@@ -39,13 +37,7 @@ def save(out_dir: str, model: Transformer, hf_config: dict, tokenizer_dir: str |
       for name in TOKENIZER_FILES:
         if os.path.exists(os.path.join(tokenizer_dir, name)):
           shutil.copy(os.path.join(tokenizer_dir, name), tmp)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
-  return out_dir
+  return os.path.abspath(out_dir)
 
 
 def restore(ckpt_dir: str, mesh=None, dtype=None) -> Transformer:
@@ -76,5 +68,25 @@ def load_any(source: str, dtype=None, mesh=None) -> Transformer:
   """A converted checkpoint dir, or anything `load_model` reads (HF dir, GGUF, hub id)."""
   if os.path.isdir(os.path.join(source, "params")):
     return restore(source, mesh=mesh, dtype=dtype)
-  from sae_jax.models.loading import load_model
   return load_model(source, dtype=dtype or jnp.bfloat16, mesh=mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The model a run reads (config section `model`): converted checkpoint dir, HF dir, .gguf or hub id."""
+
+  path: str = ""
+  dtype: str = "bfloat16"  # the paper's; float32 for exact parity on CPU
+
+  def __post_init__(self):
+    if self.dtype not in DTYPES:
+      raise UserError(f"model.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+
+  def load(self, mesh=None) -> Transformer:
+    if not self.path:
+      raise UserError("no model given: set --config.model.path")
+    return load_any(self.path, dtype=jnp.dtype(self.dtype), mesh=mesh)
+
+  def peek(self):
+    """Its ModelConfig without loading weights (None for a hub id not in KNOWN_HF_CONFIGS)."""
+    return peek_config(self.path)

@@ -151,21 +151,3 @@ KNOWN_HF_CONFIGS = {
         **_QWEN2, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
         "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
 }
-
-
-def peek_config(source: str) -> ModelConfig | None:
-  """The ModelConfig of a model source without loading weights, or None when only loading can tell.
-
-  Sources: a HF dir or converted checkpoint dir (both keep config.json), a .gguf file, or a hub id listed in
-  `KNOWN_HF_CONFIGS`. Other hub ids give None.
-  """
-  if os.path.isdir(source):
-    return ModelConfig.from_json(source)
-  if source.endswith(".gguf"):
-    if not os.path.exists(source):
-      raise UserError(f"no such GGUF file: {source}")
-    from sae_jax.models.loading import GGUFFile  # loading imports this module
-    return ModelConfig.from_hf_dict(GGUFFile(source).hf_config())
-  if source in KNOWN_HF_CONFIGS:
-    return ModelConfig.from_hf_dict(KNOWN_HF_CONFIGS[source])
-  return None

@@ -18,7 +18,7 @@ from flax import nnx
 
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
-from sae_jax.models.config import ModelConfig
+from sae_jax.models.config import KNOWN_HF_CONFIGS, ModelConfig
 from sae_jax.models.transformer import Transformer
 
 _SAFETENSORS_DTYPES = {
@@ -202,9 +202,15 @@ def hf_tensor_name(path: tuple) -> tuple[str, bool]:
   return base + "." + leaf, False
 
 
-def abstract_model(cfg: ModelConfig, dtype):
-  """(graphdef, abstract state) without allocating weights."""
-  return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, dtype, rngs=nnx.Rngs(0))))
+def abstract_model(cfg: ModelConfig, dtype, mesh=None):
+  """(graphdef, abstract state) without allocating weights; with a `mesh`, every leaf a ShapeDtypeStruct with
+  the sharding the loaders place it on (what AOT compilation lowers with)."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, dtype, rngs=nnx.Rngs(0))))
+  if mesh is not None:
+    pure = nnx.to_pure_dict(state)
+    nnx.replace_by_pure_dict(state, jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), pure, shd.param_shardings(pure, mesh)))
+  return graphdef, state
 
 
 def load_model(source: str, dtype=jnp.bfloat16, mesh=None) -> Transformer:
@@ -230,3 +236,20 @@ def load_model(source: str, dtype=jnp.bfloat16, mesh=None) -> Transformer:
   params = jax.tree_util.tree_map_with_path(load, nnx.to_pure_dict(abstract), shardings)
   nnx.replace_by_pure_dict(abstract, params)
   return nnx.merge(graphdef, abstract)
+
+
+def peek_config(source: str) -> ModelConfig | None:
+  """The ModelConfig of a model source without loading weights, or None when only loading can tell.
+
+  Sources: a HF dir or converted checkpoint dir (both keep config.json), a .gguf file, or a hub id listed in
+  `KNOWN_HF_CONFIGS`. Other hub ids give None.
+  """
+  if os.path.isdir(source):
+    return ModelConfig.from_json(source)
+  if source.endswith(".gguf"):
+    if not os.path.exists(source):
+      raise UserError(f"no such GGUF file: {source}")
+    return ModelConfig.from_hf_dict(GGUFFile(source).hf_config())
+  if source in KNOWN_HF_CONFIGS:
+    return ModelConfig.from_hf_dict(KNOWN_HF_CONFIGS[source])
+  return None

@@ -3,7 +3,9 @@
 The same code runs on 1 device, 8 fake CPU devices and a TPU pod: only the mesh shape changes.
 """
 
+import dataclasses
 import os
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -42,6 +44,18 @@ PARAM_AXES = {
     ("down_proj", "kernel"): ("mlp", "embed"),
     ("lm_head", "kernel"): ("embed", "vocab"),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Mesh axis sizes (config section `mesh`); -1 takes the remaining devices. SAE latents shard on `model`."""
+
+  data: int = -1
+  fsdp: int = 1
+  model: int = 1
+
+  def make(self, devices=None) -> Mesh:
+    return make_mesh(self.data, self.fsdp, self.model, devices=devices)
 
 
 def maybe_initialize_distributed() -> None:
@@ -110,6 +124,36 @@ def param_shardings(abstract_state, mesh: Mesh):
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Tokens and activations: batch on (data, fsdp), everything else replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def data_shards(mesh: Mesh) -> int:
+  """How many ways a batch of rows splits (the `batch` rule: data x fsdp)."""
+  return int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+def check_batch_splits(rows: int, mesh: Mesh, what: str) -> None:
+  """`what` of `rows` rows must split evenly over the mesh's data shards."""
+  n = data_shards(mesh)
+  if rows % n:
+    raise UserError(f"{what} of {rows} rows does not split over data x fsdp = {n} devices: make it a multiple "
+                    f"of {n} or move devices to the model axis")
+
+
+def token_batches(rows, batch_rows: int, mesh: Mesh | None = None, pad: bool = False) -> Iterator[tuple]:
+  """(start, n_real, tokens [B, T]) over `rows` [n, T], placed on the mesh's data axes when `mesh` is given.
+
+  `pad` repeats the last row up to `batch_rows` in the final batch, so a jitted consumer compiles once.
+  """
+  if batch_rows <= 0:
+    raise UserError(f"batch_rows must be positive, got {batch_rows}")
+  for start in range(0, len(rows), batch_rows):
+    tokens = np.asarray(rows[start:start + batch_rows])
+    n = tokens.shape[0]
+    if pad and n < batch_rows:
+      tokens = np.concatenate([tokens, np.repeat(tokens[-1:], batch_rows - n, axis=0)])
+    if mesh is not None:
+      tokens = jax.device_put(tokens, batch_sharding(mesh, 2))
+    yield start, n, tokens
 
 
 def _names(path) -> tuple:

@@ -132,6 +132,11 @@ class SAEConfig:
     """Dead latents per token in AuxK: `aux_k`, or d_in // 2 (sparsify, OpenAI appendix B.1), at most d_sae."""
     return min(self.aux_k or max(self.d_in // 2, 1), self.d_sae)
 
+  def check_width(self, width: int, what: str = "model width") -> None:
+    """The one-line error for activations of another width than the SAE's d_in."""
+    if int(width) != self.d_in:
+      raise UserError(f"SAE d_in {self.d_in} != {what} {int(width)}")
+
   @property
   def training_tokens(self) -> int:
     return self.n_steps * self.batch_size

@@ -9,11 +9,8 @@ reads it); jumprelu (threshold tensor = exp(log_threshold)); batchtopk is saved 
 exports it. What SAELens writes loads here in those forms too (also the older standard + activation "topk").
 """
 
-import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -22,50 +19,25 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from sae_jax import __version__
+from sae_jax import io as sio
 from sae_jax.errors import UserError
-from sae_jax.sae import core
 from sae_jax.sae.config import NORMALIZE_ACTIVATIONS, SAEConfig, parse_hook_name
-from sae_jax.sae.standard import fold_activation_norm_scaling_factor
+from sae_jax.sae.core import SAE, architecture, checked_params
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 
 
-@dataclasses.dataclass
-class LoadedSAE:
-  """params are float32 numpy arrays; norm_scaling_factor is set only for unfolded weights (trained on s*x)."""
-
-  params: dict[str, np.ndarray]
-  cfg: SAEConfig
-  norm_scaling_factor: float | None
-  saelens_cfg: dict[str, Any]
-
-  @property
-  def expects_raw_activations(self) -> bool:
-    """False for unfolded weights (normalize_activations 'expected_average_only_in' on disk): feed them s*x."""
-    return self.saelens_cfg.get("normalize_activations", "none") in ("none", False)
-
-  def raw_input_params(self) -> dict[str, np.ndarray]:
-    """Params that take raw site activations: s folded in when the weights still expect s*x.
-
-    Features are unchanged by the fold, so analysis (ReasonScore, dashboards, diffing) can feed raw x.
-    """
-    if self.norm_scaling_factor is None:
-      return self.params
-    return {k: np.asarray(v) for k, v in
-            fold_activation_norm_scaling_factor(self.params, self.norm_scaling_factor).items()}
-
-
 def saelens_architecture(cfg: SAEConfig) -> str:
   """The architecture SAELens loads our SAE as (batchtopk is a jumprelu SAE at inference)."""
-  return "jumprelu" if cfg.architecture == "batchtopk" else cfg.architecture
+  return architecture(cfg).saelens_keys(cfg)["architecture"]
 
 
-def saelens_cfg_dict(cfg: SAEConfig, norm_scaling_factor: float | None = None) -> dict[str, Any]:
+def saelens_cfg_dict(sae: SAE) -> dict[str, Any]:
   """cfg.json contents: SAELens 5.5.2 `SAEConfig.to_dict()` keys + its trainer's keys + ours under "sae_jax"."""
-  arch = cfg.architecture
-  d = {
-      "architecture": saelens_architecture(cfg),
+  cfg = sae.cfg
+  scaled = sae.units == "scaled"
+  return {
       "d_in": cfg.d_in,
       "d_sae": cfg.d_sae,
       "dtype": "float32",
@@ -74,8 +46,6 @@ def saelens_cfg_dict(cfg: SAEConfig, norm_scaling_factor: float | None = None) -
       "hook_name": cfg.hook_name,
       "hook_layer": cfg.hook_layer,
       "hook_head_index": None,
-      "activation_fn_str": "topk" if arch == "topk" else "relu",
-      "activation_fn_kwargs": {"k": cfg.k} if arch == "topk" else {},
       "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
       "finetuning_scaling_factor": False,
       "sae_lens_training_version": None,
@@ -83,70 +53,47 @@ def saelens_cfg_dict(cfg: SAEConfig, norm_scaling_factor: float | None = None) -
       "dataset_path": cfg.dataset_path,
       "dataset_trust_remote_code": True,
       "context_size": cfg.context_size,
-      "normalize_activations": "none" if norm_scaling_factor is None else "expected_average_only_in",
+      "normalize_activations": "expected_average_only_in" if scaled else "none",
       "neuronpedia_id": None,
       "model_from_pretrained_kwargs": {},
       "seqpos_slice": [None],
       # What SAELens' TrainingSAEConfig adds; it describes how these weights were trained.
-      # (SAELens 5.5.2 also uses l1_coefficient as jumprelu's L0 coefficient.)
-      "l1_coefficient": {"standard": cfg.l1_coefficient, "jumprelu": cfg.l0_coefficient}.get(arch, 0.0),
       "lp_norm": 1.0,
       "use_ghost_grads": False,
       "normalize_sae_decoder": cfg.normalize_decoder,
       "noise_scale": 0.0,
       "decoder_orthogonal_init": False,
       "mse_loss_normalization": None,
-      "decoder_heuristic_init": arch == "standard",
       "init_encoder_as_decoder_transpose": True,
-      "scale_sparsity_penalty_by_decoder_norm": arch == "standard",
-      "sae_jax": {"version": __version__, "config": cfg.to_dict(),
-                  "norm_scaling_factor": None if norm_scaling_factor is None else float(norm_scaling_factor)},
+      # architecture, activation_fn_str / _kwargs, l1_coefficient, decoder_heuristic_init, ...
+      **architecture(cfg).saelens_keys(cfg),
+      "sae_jax": {"version": __version__, "config": cfg.to_dict(), "units": sae.units,
+                  "norm_scaling_factor": float(sae.scale) if scaled else None},
   }
-  if arch == "topk":
-    d["k"] = cfg.k
-  if arch == "jumprelu":
-    d["jumprelu_init_threshold"] = cfg.jumprelu_init_threshold
-    d["jumprelu_bandwidth"] = cfg.jumprelu_bandwidth
-  return d
 
 
-def save_saelens(out_dir: str, params, cfg: SAEConfig, norm_scaling_factor: float | None = None) -> str:
+def save_saelens(out_dir: str, sae: SAE) -> str:
   """Writes `out_dir` atomically (temp dir beside it, then rename); an existing `out_dir` is replaced.
 
-  Pass `norm_scaling_factor` only for weights that still expect s*x (not folded); folded weights, which work
-  on raw activations, are what SAELens itself saves at the end of training. Training params are fine: a
+  An SAE in raw (or folded) units is what SAELens itself saves at the end of training; one in scaled units keeps
+  its norm scaling factor (normalize_activations 'expected_average_only_in'). Training params are fine: a
   jumprelu log_threshold is written as threshold = exp(log_threshold).
   """
-  if norm_scaling_factor is not None and cfg.normalize_activations == "none":
+  if sae.units == "scaled" and sae.cfg.normalize_activations == "none":
     raise UserError("norm_scaling_factor given but the SAE config has normalize_activations='none'")
-  arrays = _checked_params(core.inference_params(params, cfg), cfg, "params to save")
+  arrays = checked_params(sae.inference().params, sae.cfg, "params to save")
+  return write_sae_dir(out_dir, arrays, saelens_cfg_dict(sae), CFG_FILENAME, WEIGHTS_FILENAME)
+
+
+def write_sae_dir(out_dir: str, arrays: dict, cfg_dict: dict, cfg_name: str, weights_name: str) -> str:
+  """An SAE dir, `cfg_name` (JSON) + `weights_name` (safetensors, as torch writes them), complete or absent."""
 
   def write(tmp):
-    save_file(arrays, os.path.join(tmp, WEIGHTS_FILENAME), metadata={"format": "pt"})
-    with open(os.path.join(tmp, CFG_FILENAME), "w") as f:
-      json.dump(saelens_cfg_dict(cfg, norm_scaling_factor), f, indent=2)
+    save_file(arrays, os.path.join(tmp, weights_name), metadata={"format": "pt"})
+    with open(os.path.join(tmp, cfg_name), "w") as f:
+      json.dump(cfg_dict, f, indent=2)
 
-  return write_dir_atomically(out_dir, write)
-
-
-def write_dir_atomically(out_dir: str, write) -> str:
-  """`write(tmp)` fills a temp dir beside `out_dir`, which then replaces `out_dir` (never half-written)."""
-  out_dir = os.path.abspath(out_dir)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-  try:
-    write(tmp)
-    old = None
-    if os.path.exists(out_dir):  # move aside first so a crash never leaves out_dir half-written
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-      os.replace(out_dir, os.path.join(old, "dir"))
-    os.replace(tmp, out_dir)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return out_dir
+  return sio.write_dir(out_dir, write)
 
 
 def read_sae_dir(path: str, kind: str, cfg_name: str, weights_name: str) -> tuple[dict, str, str]:
@@ -165,24 +112,28 @@ def read_sae_dir(path: str, kind: str, cfg_name: str, weights_name: str) -> tupl
   return raw, cfg_path, weights_path
 
 
-def load_saelens(path: str) -> LoadedSAE:
-  """Reads a SAELens SAE dir (ours or SAELens'); weights come back as float32 whatever their stored dtype."""
+def load_saelens(path: str) -> SAE:
+  """Reads a SAELens SAE dir (ours or SAELens') as an SAE of float32 numpy params, whatever their stored dtype.
+
+  Its units are "scaled" when we saved it with its norm scaling factor, else as saved ("raw" for SAELens' own
+  files: a SAELens file that expects scaled activations does not store the factor, so it is used as it is).
+  """
   raw, cfg_path, weights_path = read_sae_dir(path, "SAELens", CFG_FILENAME, WEIGHTS_FILENAME)
   try:
-    cfg, s = _config_from_saelens(raw, cfg_path)
+    cfg, units, s = _config_from_saelens(raw, cfg_path)
   except UserError as e:
     msg = str(e)
     raise UserError(msg if msg.startswith(cfg_path) else f"{cfg_path}: {msg}") from None
   tensors = read_tensors(weights_path)
-  if cfg.architecture in ("jumprelu", "batchtopk") and "threshold" not in tensors:
+  if "threshold" in architecture(cfg).param_names(training=False) and "threshold" not in tensors:
     raise UserError(f"{weights_path}: unsupported SAE architecture {raw.get('architecture')!r} with no 'threshold' "
                     f"tensor: expected 'standard' weights, or a threshold [{cfg.d_sae}] for jumprelu")
-  params = _checked_params(tensors, cfg, weights_path)
-  return LoadedSAE(params=params, cfg=cfg, norm_scaling_factor=s, saelens_cfg=raw)
+  return SAE(checked_params(tensors, cfg, weights_path), cfg, units, s)
 
 
-def _config_from_saelens(raw: dict[str, Any], where: str) -> tuple[SAEConfig, float | None]:
-  """SAELens keys -> SAEConfig, with SAELens' defaults for old cfg.json files (`handle_config_defaulting`)."""
+def _config_from_saelens(raw: dict[str, Any], where: str) -> tuple[SAEConfig, str, float]:
+  """SAELens keys -> (SAEConfig, units, scale), with SAELens' defaults for old cfg.json files
+  (`handle_config_defaulting`)."""
   d = dict(raw)
   if isinstance(d.get("normalize_activations"), bool):  # pre-2024 files stored a bool
     d["normalize_activations"] = "expected_average_only_in" if d["normalize_activations"] else "none"
@@ -205,7 +156,8 @@ def _config_from_saelens(raw: dict[str, Any], where: str) -> tuple[SAEConfig, fl
         != (d["d_in"], d["d_sae"], d["hook_name"], architecture)):
       raise UserError(f"{where}: the 'sae_jax' config disagrees with d_in/d_sae/hook_name/architecture: "
                       "expected the same")
-    return cfg, ours.get("norm_scaling_factor")
+    s = ours.get("norm_scaling_factor")
+    return cfg, ("scaled" if s is not None else ours.get("units", "raw")), (1.0 if s is None else float(s))
   layer, site = parse_hook_name(d["hook_name"])
   kwargs = dict(d_in=d["d_in"], d_sae=d["d_sae"], apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
                 model_name=str(d.get("model_name") or ""), hook_layer=layer, hook_site=site,
@@ -218,7 +170,7 @@ def _config_from_saelens(raw: dict[str, Any], where: str) -> tuple[SAEConfig, fl
   for key in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
     if kwargs["architecture"] == "jumprelu" and d.get(key):
       kwargs[key] = d[key]
-  return SAEConfig(**kwargs), None
+  return SAEConfig(**kwargs), "raw", 1.0
 
 
 def _saelens_architecture_kwargs(architecture, activation, d, where) -> dict[str, Any]:
@@ -259,20 +211,3 @@ def read_tensors(weights_path: str) -> dict[str, np.ndarray]:
   if scale is not None and not np.all(scale == 1):
     raise UserError(f"{weights_path}: a non-trivial 'scaling_factor' tensor is not supported: expected all ones")
   return tensors
-
-
-def _checked_params(params, cfg: SAEConfig, where: str) -> dict[str, np.ndarray]:
-  """The inference-form tensors as contiguous float32 numpy arrays, names and shapes checked against cfg."""
-  d_in, d_sae = cfg.d_in, cfg.d_sae
-  expected = core.param_shapes(cfg, training=False)
-  missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
-  if missing or extra:
-    raise UserError(f"{where}: tensors missing {missing}, unexpected {extra}: expected exactly {sorted(expected)}")
-  out = {}
-  for name, shape in expected.items():
-    a = np.ascontiguousarray(np.asarray(params[name], np.float32))
-    if a.shape != shape:
-      raise UserError(f"{where}: tensor {name} has shape {a.shape}: "
-                      f"expected {shape} from d_in={d_in}, d_sae={d_sae}")
-    out[name] = a
-  return out

@@ -11,20 +11,20 @@ from sae_jax.sae.config import SAEConfig
 
 def l1_coefficient_at(cfg: SAEConfig, step):
   """lambda_t = lambda * min(t, W) / W (lambda_0 = 0: SAELens' L1Scheduler starts at 0 and steps after Adam)."""
-  step = jnp.asarray(step, jnp.int32)
-  w = cfg.l1_warm_up_steps
-  if w == 0:
-    return jnp.full(step.shape, cfg.l1_coefficient, jnp.float32)
-  return jnp.float32(cfg.l1_coefficient) * (jnp.minimum(step, w).astype(jnp.float32) / jnp.float32(w))
+  return _warmed_up(cfg.l1_coefficient, cfg.l1_warm_up_steps, step)
 
 
 def l0_coefficient_at(cfg: SAEConfig, step):
   """jumprelu's L0 coefficient, warmed up from 0 like lambda: l0_coefficient * min(t, W) / W."""
+  return _warmed_up(cfg.l0_coefficient, cfg.l0_warm_up_steps, step)
+
+
+def _warmed_up(value: float, w: int, step):
+  """value * min(t, W) / W as float32 (value itself when W = 0)."""
   step = jnp.asarray(step, jnp.int32)
-  w = cfg.l0_warm_up_steps
   if w == 0:
-    return jnp.full(step.shape, cfg.l0_coefficient, jnp.float32)
-  return jnp.float32(cfg.l0_coefficient) * (jnp.minimum(step, w).astype(jnp.float32) / jnp.float32(w))
+    return jnp.full(step.shape, value, jnp.float32)
+  return jnp.float32(value) * (jnp.minimum(step, w).astype(jnp.float32) / jnp.float32(w))
 
 
 def lr_at(cfg: SAEConfig, step):

@@ -7,19 +7,17 @@ W_dec [d_sae, d_in] and b_dec [d_in]. sparsify always encodes x - b_dec, so only
 apply_b_dec_to_input = true map onto it. We add our full config under "sae_jax" (sparsify drops unknown keys).
 """
 
-import json
 import os
 import re
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from sae_jax import __version__
 from sae_jax.errors import UserError
 from sae_jax.sae.config import SAEConfig, parse_hook_name
-from sae_jax.sae.saelens_format import (LoadedSAE, _checked_params, read_sae_dir, read_tensors,
-                                        write_dir_atomically)
+from sae_jax.sae.core import SAE, checked_params
+from sae_jax.sae.saelens_format import read_sae_dir, read_tensors, write_sae_dir
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae.safetensors"
@@ -33,29 +31,24 @@ def sparsify_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
           "sae_jax": {"version": __version__, "config": cfg.to_dict()}}
 
 
-def save_sparsify(out_dir: str, params, cfg: SAEConfig) -> str:
-  """Writes a topk SAE (raw-activation units: fold the norm scaling factor first) atomically."""
+def save_sparsify(out_dir: str, sae: SAE) -> str:
+  """Writes a topk SAE atomically, in raw units (sparsify has no activation scaling)."""
+  cfg = sae.cfg
   if cfg.architecture != "topk":
     raise UserError(f"sparsify format holds topk SAEs: got architecture={cfg.architecture!r}")
   if not cfg.apply_b_dec_to_input:
     raise UserError("sparsify encodes x - b_dec: expected apply_b_dec_to_input=true for the sparsify format")
-  p = _checked_params(params, cfg, "params to save")
+  p = checked_params(sae.raw().params, cfg, "params to save")
   arrays = {"encoder.weight": np.ascontiguousarray(p["W_enc"].T), "encoder.bias": p["b_enc"], "W_dec": p["W_dec"],
             "b_dec": p["b_dec"]}
-
-  def write(tmp):
-    save_file(arrays, os.path.join(tmp, WEIGHTS_FILENAME), metadata={"format": "pt"})
-    with open(os.path.join(tmp, CFG_FILENAME), "w") as f:
-      json.dump(sparsify_cfg_dict(cfg), f, indent=2)
-
-  return write_dir_atomically(out_dir, write)
+  return write_sae_dir(out_dir, arrays, sparsify_cfg_dict(cfg), CFG_FILENAME, WEIGHTS_FILENAME)
 
 
-def load_sparsify(path: str, hook_name: str | None = None) -> LoadedSAE:
-  """Reads a sparsify SAE dir as a topk SAE (params float32, W_enc = encoder.weight.T).
+def load_sparsify(path: str, hook_name: str | None = None) -> SAE:
+  """Reads a sparsify SAE dir as a topk SAE in raw units (params float32, W_enc = encoder.weight.T).
 
   The hook comes from our "sae_jax" config, else `hook_name`, else the dir name (`layers.N` -> resid_post of
-  block N, `layers.N.mlp` -> its mlp_out). `saelens_cfg` of the result holds the sparsify cfg.json as read.
+  block N, `layers.N.mlp` -> its mlp_out).
   """
   raw, cfg_path, weights_path = read_sae_dir(path, "sparsify", CFG_FILENAME, WEIGHTS_FILENAME)
   cfg = _config_from_sparsify(raw, path, hook_name, cfg_path)
@@ -66,8 +59,7 @@ def load_sparsify(path: str, hook_name: str | None = None) -> LoadedSAE:
     tensors["W_enc"] = np.ascontiguousarray(tensors.pop("encoder.weight").T)
   if "encoder.bias" in tensors:
     tensors["b_enc"] = tensors.pop("encoder.bias")
-  params = _checked_params(tensors, cfg, weights_path)
-  return LoadedSAE(params=params, cfg=cfg, norm_scaling_factor=None, saelens_cfg=raw)
+  return SAE(checked_params(tensors, cfg, weights_path), cfg)
 
 
 def _config_from_sparsify(raw, path, hook_name, where) -> SAEConfig:

@@ -1,13 +1,13 @@
-"""TopK (Gao et al. 2024) and BatchTopK (Bussmann et al. 2024) SAEs with the AuxK loss for dead latents.
+"""TopK SAE (Gao et al. 2024) with the AuxK loss for dead latents (also batchtopk's, batchtopk.py).
 
 Encoder: a = ReLU((x - b_dec) W_enc + b_enc) (the pre-bias when `apply_b_dec_to_input`, the default here), then
-only the k largest a per token survive (topk), or the k * B largest over the whole batch (batchtopk). The decoder
-is the standard one. Decoder rows are kept unit norm by the training step (train.py), as in sparsify / OpenAI.
+only the k largest a per token survive. The decoder is the standard one. Decoder rows are kept unit norm by the
+training step (train.py), as in sparsify / OpenAI.
 
 topk trains with a sparse decode (`topk_decode`): x_hat = sum_j a[i_j] W_dec[i_j] + b_dec over the k chosen latents
 i_j, gathering [B, k] values and [B, k, d_in] rows; autodiff turns the gathers into scatter-adds (into dW_dec and
 into the gradient of a), so neither direction has a [B, d_sae] x [d_sae, d_in] decoder matmul. With the pre-bias
-gradient summed over the batch before it meets W_enc (`_encode_pre`), 2 of the dense step's 6 matmuls remain
+gradient summed over the batch before it meets W_enc (`train_encode_pre`), 2 of the dense step's 6 matmuls remain
 (`launch/bench.py sae` measures the step against the dense one in PyTorch). Per token, `lax.top_k`; left to GSPMD
 a top_k over a sharded latent axis all-gathers the whole [B, d_sae] block onto every device, so given the mesh
 the step runs it in `jax.shard_map` as a local top k per latent shard + a merge of the n_shards * k candidates
@@ -15,10 +15,8 @@ the step runs it in `jax.shard_map` as a local top k per latent shard + a merge 
 selection as a dense mask (the inference encoder, AuxK).
 
 AuxK keeps the dense mask and decode: its aux_k (d_in / 2 by default) is too many for gathers to pay ([B, aux_k,
-d_in] rows: 34 GB at d_in 2048, and slower than the matmul at aux_k / d_sae = 1/32). batchtopk does too: its k
-varies per token (and ties with the threshold are kept). Its exact (k * B)-th largest value is found by bisection
-on the float bits (one all-reduced count per halving, 32 of them): elementwise on any sharding, and no sort of
-B * d_sae values.
+d_in] rows: 34 GB at d_in 2048, and slower than the matmul at aux_k / d_sae = 1/32). The module interface is
+core.py's.
 """
 
 import jax
@@ -27,7 +25,12 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 from sae_jax.models.sharding import LOGICAL_RULES
-from sae_jax.sae import standard
+from sae_jax.sae import base
+
+PER_LATENT = False  # a latent's activation depends on the other latents (the per-token top k)
+TRACKS_FIRING = True
+after_update = base.unchanged
+inference_params = base.identity
 
 _TINY = 1e-12  # guards the AuxK denominator when the residual is exactly constant over the batch
 
@@ -115,38 +118,6 @@ def _scatter_mask(shape, idx):
   return jnp.zeros(shape, bool).at[rows, idx].set(True, mode="drop")
 
 
-def kth_largest_nonnegative(a, kk: int):
-  """The exact kk-th largest entry of a >= 0 (any shape), by bisection on its int32 bits.
-
-  For non-negative floats the bit pattern orders like the value, so 32 halvings of [0, bits(inf) + 1) find the
-  largest t with count(bits >= t) >= kk. Counts are float32: exact below 2**24 and only compared with kk.
-  """
-  bits = lax.bitcast_convert_type(a.astype(jnp.float32), jnp.int32)
-
-  def halve(_, bounds):
-    lo, hi = bounds  # count(bits >= lo) >= kk > count(bits >= hi)
-    mid = lo + (hi - lo) // 2
-    ok = jnp.sum((bits >= mid).astype(jnp.float32)) >= kk
-    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-  lo, _ = lax.fori_loop(0, 32, halve, (jnp.int32(0), jnp.int32(0x7F800001)))
-  return lax.bitcast_convert_type(lo, jnp.float32)
-
-
-def batch_topk_mask(a, kk: int):
-  """Bool mask of the kk largest entries of a >= 0 over the whole batch (plus any ties with the kk-th)."""
-  return a >= kth_largest_nonnegative(a, kk)
-
-
-def select(a, cfg, mesh=None):
-  """The architecture's selection applied to ReLU activations a [B, d_sae] during training."""
-  if cfg.architecture == "topk":
-    mask = topk_mask(a, cfg.k, mesh)
-  else:
-    mask = batch_topk_mask(a, cfg.k * a.shape[0])
-  return jnp.where(mask, a, 0.0)
-
-
 def auxk_loss(a, dead, residual, w_dec, aux_k: int, coefficient: float, mesh=None):
   """AuxK: the top `aux_k` dead latents per token reconstruct the (stopped) residual e = x - x_hat.
 
@@ -173,48 +144,56 @@ def auxk_loss(a, dead, residual, w_dec, aux_k: int, coefficient: float, mesh=Non
   return lax.cond(n_dead > 0, aux, lambda a, w_dec: jnp.zeros((), jnp.float32), a, w_dec)
 
 
-def _encode_pre(params, x, apply_b_dec_to_input: bool):
-  """standard.encode_pre, with b_dec's gradient through the pre-bias taken as -(sum_b g_h) W_enc^T.
+def train_encode_pre(params, x, apply_b_dec_to_input: bool):
+  """base.encode_pre, with b_dec's gradient through the pre-bias taken as -(sum_b g_h) W_enc^T.
 
   Autodiff of (x - b_dec) W_enc would form g_h W_enc^T, a [B, d_sae] x [d_sae, d_in] matmul, only to sum it over
   the batch. Here b_dec's gradient flows through a term (b_dec - stop_gradient(b_dec)) W_enc that is exactly 0, so
   the value is unchanged and the gradient is the same, for one vector-matrix product.
   """
   if not apply_b_dec_to_input:
-    return standard.encode_pre(params, x, False)
+    return base.encode_pre(params, x, False)
   b_dec, w_enc = params["b_dec"], params["W_enc"]
   stopped = lax.stop_gradient(b_dec)
   return (x - stopped) @ w_enc + params["b_enc"] - (b_dec - stopped) @ w_enc
 
 
-def loss_fn(params, x, cfg, dead, mesh=None):
-  """(loss, parts) for topk / batchtopk: loss = mse_loss + aux_loss (no sparsity penalty: k is the sparsity).
+def param_names(training: bool = True) -> tuple[str, ...]:
+  del training
+  return base.BASE_PARAMS
 
-  mse_loss is the standard one (mean_b sum_d (x_hat - x)^2, as SAELens); `dead` [d_sae] bool marks the latents
-  that have not fired for `dead_steps_threshold` steps. batchtopk's parts["min_positive"] is the smallest selected
-  positive activation (inf if none): its inference threshold is a running average of it. `mesh`: see topk_decode.
-  """
-  a = jax.nn.relu(_encode_pre(params, x, cfg.apply_b_dec_to_input))
-  parts = {}
-  if cfg.architecture == "topk":
-    recon, fire_count = topk_decode(a, params["W_dec"], cfg.k, mesh)
-    x_hat = recon + params["b_dec"]
-  else:
-    f = select(a, cfg, mesh)
-    x_hat = standard.decode(params, f)
-    fire_count = jnp.sum((f > 0).astype(jnp.int32), axis=0)
-    parts["min_positive"] = lax.stop_gradient(jnp.min(jnp.where(f > 0, f, jnp.inf)))
-  per_token_l2 = jnp.sum(jnp.square(x_hat - x), axis=-1)
-  mse_loss = jnp.mean(per_token_l2)
-  residual = lax.stop_gradient(x - x_hat)
-  aux = auxk_loss(a, dead, residual, params["W_dec"], cfg.aux_k_effective, cfg.aux_k_coefficient, mesh)
-  total_variance = jnp.sum(jnp.square(x - jnp.mean(x, axis=0)), axis=-1)
-  parts.update(
-      mse_loss=mse_loss,
-      aux_loss=aux,
-      l0=jnp.sum(fire_count.astype(jnp.float32)) / x.shape[0],  # mean_b of the per-token counts, exactly
-      explained_variance=jnp.mean(1 - per_token_l2 / total_variance),
-      feature_fire_count=fire_count,
-      dead_fraction_auxk=jnp.mean(dead.astype(jnp.float32)),
-  )
-  return mse_loss + aux, parts
+
+def init_params(cfg, key: jax.Array) -> dict[str, jax.Array]:
+  return base.init_random_directions(cfg, key)
+
+
+def encode(params, x, cfg):
+  """The k largest ReLU(h) of each token (x [..., d_in])."""
+  a = jax.nn.relu(base.encode_pre(params, x, cfg.apply_b_dec_to_input))
+  flat = a.reshape(-1, a.shape[-1])
+  return jnp.where(topk_mask(flat, cfg.k), flat, 0.0).reshape(a.shape)
+
+
+def loss_terms(params, x, cfg, step, dead, mesh=None):
+  """(x_hat, fire counts, penalty, parts): penalty = aux_loss, the AuxK term (no sparsity penalty: k is the
+  sparsity), over the latents marked in `dead` [d_sae] bool, which have not fired for `dead_steps_threshold`
+  steps. `mesh`: see topk_decode."""
+  del step
+  a = jax.nn.relu(train_encode_pre(params, x, cfg.apply_b_dec_to_input))
+  recon, fired = topk_decode(a, params["W_dec"], cfg.k, mesh)
+  x_hat = recon + params["b_dec"]
+  return (x_hat, fired) + auxk_terms(params, x, x_hat, a, dead, cfg, mesh)
+
+
+def auxk_terms(params, x, x_hat, a, dead, cfg, mesh=None):
+  """(aux_loss, parts) of the AuxK term, which topk and batchtopk share."""
+  aux = auxk_loss(a, dead, lax.stop_gradient(x - x_hat), params["W_dec"], cfg.aux_k_effective,
+                  cfg.aux_k_coefficient, mesh)
+  return aux, {"aux_loss": aux, "dead_fraction_auxk": jnp.mean(dead.astype(jnp.float32))}
+
+
+def saelens_keys(cfg) -> dict:
+  # SAELens 5.5.2 reads k from activation_fn_kwargs, SAELens 6 from a top-level "k".
+  return {"architecture": "topk", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": cfg.k},
+          "l1_coefficient": 0.0, "decoder_heuristic_init": False, "scale_sparsity_penalty_by_decoder_norm": False,
+          "k": cfg.k}

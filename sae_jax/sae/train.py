@@ -3,9 +3,10 @@
 Order per step t: loss with lambda_t -> raw gradients -> torch-style global-norm clip -> Adam with lr_t. Both
 schedules read the same step t, passed in by the caller, so a resumed run continues both exactly.
 
-The other architectures add, in sparsify's order: the gradient component parallel to each (unit) decoder row is
-removed before the clip, and the rows are renormalised after the update. Their optimizer state is an
-`SAEOptState`, which also carries each latent's steps-since-fired counter for AuxK, so the signature
+With `normalize_decoder` (every architecture but standard), in sparsify's order: the gradient component parallel
+to each (unit) decoder row is removed before the clip, and the rows are renormalised after the update. The
+architectures that track firing (all but standard, whose state stays SAELens' bare Adam) keep their optimizer
+state in an `SAEOptState`, which also carries each latent's steps-since-fired counter for AuxK, so the signature
 `train_step(params, opt_state, step, x)` and the trainer's checkpoint (params + opt_state) stay as they are.
 """
 
@@ -15,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sae_jax.sae import core, standard
+from sae_jax.sae import base, core
 from sae_jax.sae.config import SAEConfig
-from sae_jax.sae.schedules import l0_coefficient_at, l1_coefficient_at, lr_at
+from sae_jax.sae.schedules import lr_at
 
 TORCH_CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (norm + 1e-6)
 
@@ -43,11 +44,11 @@ class SAEOptState(NamedTuple):
 def make_optimizer(cfg: SAEConfig) -> optax.GradientTransformation:
   """Clip, then torch.optim.Adam's direction (no weight decay). The -lr_t scaling is applied by the step.
 
-  For every architecture but standard the state is wrapped in an `SAEOptState` (the step updates its counters).
+  For architectures that track firing the state is wrapped in an `SAEOptState` (the step updates its counters).
   """
   chain = optax.chain(clip_by_global_norm_torch(cfg.clip_grad_norm),
                       optax.scale_by_adam(b1=cfg.adam_beta1, b2=cfg.adam_beta2, eps=cfg.adam_eps))
-  if cfg.architecture == "standard":
+  if not core.architecture(cfg).TRACKS_FIRING:
     return chain
 
   def init_fn(params):
@@ -62,7 +63,7 @@ def make_optimizer(cfg: SAEConfig) -> optax.GradientTransformation:
 
 def init_train_state(cfg: SAEConfig, key: jax.Array):
   """(params, opt_state) at step 0."""
-  params = core.init_sae_params(cfg, key)
+  params = core.init_params(cfg, key)
   return params, make_optimizer(cfg).init(params)
 
 
@@ -70,68 +71,32 @@ def make_train_step(cfg: SAEConfig, mesh=None) -> Callable:
   """A pure `train_step(params, opt_state, step, x) -> (params, opt_state, metrics)`.
 
   `x` is one batch [B, d_in] already multiplied by the norm scaling factor; `step` is the 0-based int step.
-  Jit it with `jax.jit(step_fn, donate_argnums=(0, 1))`. Metrics: loss, mse_loss, l1_loss (lambda included),
-  sparsity, l0, explained_variance, feature_fire_count [d_sae], grad_norm (before clipping), lr,
-  l1_coefficient (standard; the others in `_make_sparse_train_step`). Pass the `mesh` that params and batch
-  are sharded on so topk selects shard-locally (results equal the mesh-less step; standard ignores it).
+  Jit it with `jax.jit(step_fn, donate_argnums=(0, 1))`. Metrics: loss, grad_norm (before clipping; after the
+  parallel component is removed, which is what the clip sees), lr, and the parts of `core.loss`: mse_loss, l0,
+  explained_variance, feature_fire_count [d_sae], plus standard: l1_loss (lambda included), sparsity,
+  l1_coefficient; topk / batchtopk: aux_loss, dead_fraction_auxk, threshold (batchtopk, after this step's
+  update); jumprelu: l0_loss, l0_coefficient, mean_threshold. Pass the `mesh` that params and batch are sharded
+  on so topk selects shard-locally (results equal the mesh-less step; the others ignore it).
   """
   optimizer = make_optimizer(cfg)
-  if cfg.architecture != "standard":
-    return _make_sparse_train_step(cfg, optimizer, mesh)
-
-  def train_step(params, opt_state, step, x):
-    x = x.astype(jnp.float32)
-    l1_coefficient = l1_coefficient_at(cfg, step)
-    lr = lr_at(cfg, step)
-    (loss, parts), grads = jax.value_and_grad(standard.loss_fn, has_aux=True)(
-        params, x, l1_coefficient, cfg.apply_b_dec_to_input)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-    metrics = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr, l1_coefficient=l1_coefficient)
-    return params, opt_state, metrics
-
-  return train_step
-
-
-def _make_sparse_train_step(cfg: SAEConfig, optimizer, mesh) -> Callable:
-  """topk / batchtopk / jumprelu. Metrics beyond the common ones: aux_loss and dead_fraction_auxk (topk,
-  batchtopk), threshold (batchtopk, after this step's update), l0_loss, l0_coefficient, mean_threshold (jumprelu).
-  grad_norm is taken after the parallel component is removed (it is what the clip sees).
-  """
+  arch = core.architecture(cfg)
 
   def train_step(params, opt_state, step, x):
     x = x.astype(jnp.float32)
     lr = lr_at(cfg, step)
-    dead = opt_state.steps_since_fired >= cfg.dead_steps_threshold
+    dead = opt_state.steps_since_fired >= cfg.dead_steps_threshold if arch.TRACKS_FIRING else None
     (loss, parts), grads = jax.value_and_grad(core.loss, has_aux=True)(params, x, cfg, step, dead, mesh)
     if cfg.normalize_decoder:
-      grads = dict(grads, W_dec=core.project_out_parallel(grads["W_dec"], params["W_dec"]))
+      grads = dict(grads, W_dec=base.project_out_parallel(grads["W_dec"], params["W_dec"]))
     updates, opt_state = optimizer.update(grads, opt_state, params)
     new = jax.tree.map(lambda p, u: p - lr * u, params, updates)
     if cfg.normalize_decoder:
-      new["W_dec"] = core.unit_rows(new["W_dec"])
-    metrics = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr)
-    if cfg.architecture == "batchtopk":
-      new["threshold"] = _threshold_ema(params["threshold"], metrics.pop("min_positive"), cfg.topk_threshold_lr)
-      metrics["threshold"] = new["threshold"][0]
-    elif "min_positive" in metrics:
-      del metrics["min_positive"]
-    if cfg.architecture == "jumprelu":
-      metrics["l0_coefficient"] = l0_coefficient_at(cfg, step)
-    fired = parts["feature_fire_count"] > 0
-    opt_state = opt_state._replace(
-        steps_since_fired=jnp.where(fired, 0, opt_state.steps_since_fired + 1).astype(jnp.int32))
-    return new, opt_state, metrics
+      new["W_dec"] = base.unit_rows(new["W_dec"])
+    new, parts = arch.after_update(new, params, parts, cfg)
+    if arch.TRACKS_FIRING:
+      fired = parts["feature_fire_count"] > 0
+      opt_state = opt_state._replace(
+          steps_since_fired=jnp.where(fired, 0, opt_state.steps_since_fired + 1).astype(jnp.int32))
+    return new, opt_state, dict(parts, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr)
 
   return train_step
-
-
-def _threshold_ema(threshold, min_positive, rate: float):
-  """BatchTopK's inference threshold: EMA of the batch's smallest selected activation (SAELens' update).
-
-  The first batch sets it outright (0 means never set) instead of SAELens' decay from 0; a batch with no
-  positive activation leaves it unchanged. One value, broadcast over the d_sae latents as SAELens exports it.
-  """
-  seen = jnp.isfinite(min_positive)
-  ema = jnp.where(threshold > 0, (1 - rate) * threshold + rate * min_positive, min_positive)
-  return jnp.where(seen, ema, threshold).astype(jnp.float32)

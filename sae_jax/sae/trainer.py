@@ -21,8 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from sae_jax.activations.buffer import BufferState, ShuffleBuffer
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
-from sae_jax.sae import standard
-from sae_jax.sae.core import param_specs
+from sae_jax.sae.core import SAE, param_specs
 from sae_jax.sae.config import SAEConfig
 from sae_jax.sae.norm import estimate_norm_scaling_factor
 from sae_jax.sae.saelens_format import save_saelens
@@ -168,7 +167,11 @@ class MetricsLog:
 
 
 def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) -> dict:
-  """Trains (or resumes) and writes `opts.out_dir`/{checkpoints, metrics.jsonl, sae/ (SAELens format)}."""
+  """Trains (or resumes) and writes `opts.out_dir`/{checkpoints, metrics.jsonl, sae/ (SAELens format)}.
+
+  Returns the run's summary (`runs.train` writes it to result.json) plus "sae": the trained SAE in raw units (the
+  norm scaling factor folded in).
+  """
   os.makedirs(opts.out_dir, exist_ok=True)
   mesh = mesh or shd.make_mesh(devices=jax.devices()[:1])
   jit_step = make_jit_step(cfg, mesh)
@@ -233,15 +236,13 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
       log.close()
       stop.close()
 
-    folded = jax.tree.map(np.asarray, standard.fold_activation_norm_scaling_factor(params, s))
-  sae_dir = save_saelens(os.path.join(opts.out_dir, "sae"), folded, cfg)
+    sae = SAE(params, cfg, "scaled", s).raw().numpy()
+  sae_dir = save_saelens(os.path.join(opts.out_dir, "sae"), sae)
   manager.close()
   result = {"steps": cfg.n_steps, "norm_scaling_factor": s, "seconds": round(time.time() - t0, 1),
             "tokens_per_second": round((cfg.n_steps - start) * cfg.batch_size / max(time.time() - t0, 1e-9)),
             "sae_dir": sae_dir, **(last or {})}
-  with open(os.path.join(opts.out_dir, "result.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  return {"params": folded, **result}
+  return {"sae": sae, **result}
 
 
 def _estimate_scale(cfg: SAEConfig, stream: BatchStream) -> float:
