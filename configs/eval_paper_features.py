@@ -1,6 +1,6 @@
-"""The paper's reasoning features steered one at a time at strength 2.0 (feature ids as listed for the paper:
-reflection, uncertainty / exploration, edge cases). Their max activations are not published: they are read
-from a dashboard dir of these features (launch/dashboard.py), so set --config.steering.dashboard.
+"""The paper's reasoning features (reflection, uncertainty / exploration, edge cases) steered one at a time at
+strength 2.0. Their max activations are not published: they are read from a dashboard of these features
+(launch/dashboard.py --features=...), given with --dashboard.
 """
 
 from configs import eval_paper_r1_llama8b as paper

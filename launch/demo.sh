@@ -56,8 +56,8 @@ echo "== [9/9] evaluate: baseline vs steering the top ReasonScore feature on off
 TOP="$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['feature'])" "$OUT/reasonscore/top_k.json")"
 rm -rf "$OUT/eval"
 $PY launch/evaluate.py --config=configs/eval_demo_smollm2.py --config.model.path="$OUT/model" \
-  --config.steering.sae="$OUT/sae_train/sae" --config.steering.features="($TOP,)" \
-  --config.steering.dashboard="$OUT/dashboards" --out="$OUT/eval" --verbosity=-1 > "$OUT/evaluate.log" 2>&1
+  --sae="$OUT/sae_train/sae" --config.steering.features="($TOP,)" --dashboard="$OUT/dashboards" \
+  --out="$OUT/eval" --verbosity=-1 > "$OUT/evaluate.log" 2> "$OUT/evaluate.err"
 
 $PY - "$OUT" "$start" <<'PY'
 import json, os, sys, time

@@ -29,7 +29,11 @@ from sae_jax.features import diffing
 from sae_jax.features.autointerp import label_features
 from sae_jax.features.dashboard import (DashboardConfig, build_dashboards, check_features, collect_feature_stats,
                                         unembedding, write_dashboards)
+from sae_jax.evals.runner import SamplingConfig
+from sae_jax.evals.tasks import TasksConfig
+from sae_jax.features import steer_eval
 from sae_jax.features.masks import MODES as WINDOW_MODES
+from sae_jax.features.steer_eval import EngineConfig, SteeringConfig
 from sae_jax.features.reasonscore import ReasonScores, reasonscore_corpus
 from sae_jax.features.vocab import Vocabulary, load_reason_strings
 from sae_jax.models.checkpoint import ModelSpec
@@ -120,7 +124,8 @@ SECTIONS = {
     "model": ModelSpec, "mesh": MeshConfig, "data": CorpusConfig, "activations": ActivationsConfig,
     "sae": SAEConfig, "trainer": TrainerOptions, "eval": EvalConfig, "hook": HookConfig,
     "reasonscore": ReasonScoreConfig, "dashboard": DashboardConfig, "autointerp": AutointerpConfig,
-    "diff": DiffConfig,
+    "diff": DiffConfig, "tasks": TasksConfig, "sampling": SamplingConfig, "engine": EngineConfig,
+    "steering": SteeringConfig,
 }
 # The keys that fix a corpus's rows: with an activation cache they come from the cache.
 CORPUS_KEYS = ("data.sources", "data.context_size", "data.mode", "data.shuffle_seed")
@@ -462,3 +467,32 @@ def diff_models(c, sae_dir: str, out: str, model_a: str = "", activations_a: str
           "summary": diff.summary(opts.top_k),
           "top": [{k: t[k] for k in ("feature", "score_b", "score_a", "density_a", "density_b", "mean_log2_ratio",
                                      "b_only")} for t in diff.top(min(10, opts.top_k))]}
+
+
+def evaluate(c, sae_dir: str, out: str, dashboard: str = "") -> dict:
+  """The benchmarks of `tasks` sampled as `sampling` says, unsteered and steered by `steering`'s features of
+  the SAE at `sae_dir` (none: the baseline alone), on one engine. Resumes from `out`'s samples.jsonl; writes the
+  report there and returns pass@1 and mean lengths per (task, setting)."""
+  maybe_initialize_distributed()
+  start = time.time()
+  sampling, engine, steering = section(c, "sampling"), section(c, "engine"), section(c, "steering")
+  sampling.validate()
+  tasks = section(c, "tasks").load()
+  if os.path.isfile(out):
+    raise UserError(f"--out {out} is a file, expected a directory")
+  sae = load_saelens(sae_dir) if sae_dir else None
+  mesh = section(c, "mesh").make()
+  model = section(c, "model").load(mesh)
+  summary = steer_eval.evaluate(model, c.model.path, tasks, out, sampling, engine, steering, sae=sae,
+                                dashboard=dashboard, mesh=mesh)
+  steer_eval.print_table(summary)
+  table = {}
+  for t in summary["tasks"]:
+    for s in summary["settings"]:
+      e = summary["results"].get(s["name"], {}).get(t)
+      if e is not None:
+        g = e["primary_grader"]
+        table.setdefault(t, {})[s["name"]] = {"pass@1": e["graders"][g]["pass@1"]["mean"], "grader": g,
+                                              "mean_tokens": e["total_tokens"]["mean"],
+                                              "mean_reasoning_tokens": e["reasoning_tokens"]["mean"]}
+  return {"out": out, "results": table, "seconds": round(time.time() - start, 1)}

@@ -8,7 +8,7 @@ import transformers
 
 from sae_jax.errors import UserError
 from sae_jax.evals import chat, report
-from sae_jax.evals.runner import BASELINE, Completion, EvalConfig, Setting, run_eval, sample_seed
+from sae_jax.evals.runner import BASELINE, Completion, SamplingConfig, Setting, run_eval, sample_seed
 from sae_jax.evals.store import SampleStore
 from sae_jax.evals.tasks import Problem, load_task
 
@@ -57,7 +57,7 @@ def scripted(gold):
 
 SETTINGS = [BASELINE, Setting("steer_2", {"feature": 46379, "strength": 2.0}),
             Setting("steer_4", {"feature": 46379, "strength": 4.0})]
-CONFIG = EvalConfig(template="r1_think", samples=2, max_new_tokens=64)
+CONFIG = SamplingConfig(template="r1_think", samples=2, max_new_tokens=64)
 
 
 def _gold(problems):
@@ -156,11 +156,11 @@ def test_changed_configuration_and_bad_engines_are_refused(tmp_path, tok, proble
   path = str(tmp_path / "s.jsonl")
   run_eval(problems, [BASELINE], scripted(gold), path, tok, CONFIG, log=False)
   with pytest.raises(UserError, match="different configuration"):
-    hotter = EvalConfig(template="r1_think", samples=2, max_new_tokens=64, temperature=0.7)
+    hotter = SamplingConfig(template="r1_think", samples=2, max_new_tokens=64, temperature=0.7)
     run_eval(problems, [BASELINE], scripted(gold), path, tok, hotter, log=False)
   with pytest.raises(UserError, match="non-empty"):
     run_eval(problems, [BASELINE], scripted(gold), str(tmp_path / "t.jsonl"), tok,
-             EvalConfig(stop=("Problem:", "")), log=False)
+             SamplingConfig(stop=("Problem:", "")), log=False)
   with pytest.raises(UserError, match="unique"):
     run_eval(problems, [BASELINE, Setting("baseline", {"strength": 1})], scripted(gold), str(tmp_path / "u.jsonl"),
              tok, CONFIG, log=False)

@@ -17,7 +17,7 @@ def _evaluate(out, *overrides, model):
   return subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "evaluate.py"),
        "--config=" + os.path.join(REPO, "configs", "eval_demo_smollm2.py"), f"--config.model.path={model}",
-       "--config.tasks.limit=3", "--config.eval.max_new_tokens=12", "--config.engine.slots=2",
+       "--config.tasks.limit=3", "--config.sampling.max_new_tokens=12", "--config.engine.slots=2",
        "--config.engine.max_len=128", "--config.steering.strengths=(4.0,)", f"--out={out}", "--verbosity=-1",
        *overrides], capture_output=True, text=True, env=ENV, timeout=600)
 
@@ -27,7 +27,7 @@ def finished(assets, tmp_path_factory):
   tmp = tmp_path_factory.mktemp("evaluate")
   sae = selective_sae_dir(tmp / "sae", 576, hook_layer=19)
   out = tmp / "out"
-  steer = [f"--config.steering.sae={sae}", "--config.steering.features=(7,)",
+  steer = [f"--sae={sae}", "--config.steering.features=(7,)",
            "--config.steering.max_activations=(60.0,)"]
   proc = _evaluate(out, *steer, model=assets.smollm2_hf)
   assert proc.returncode == 0, proc.stderr
@@ -45,6 +45,8 @@ def test_report_has_baseline_and_steered_rows(finished):
   f = steering[0]["per_feature"][0]
   assert f["feature"] == 7 and f["target"] == pytest.approx(240.0)
   assert "| baseline |" in proc.stdout and "| f7@4 |" in proc.stdout
+  line = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert set(line["results"]["arithmetic"]) == {"baseline", "f7@4"}
   for name in ("report.md", "accuracy.png", "run.json"):
     assert os.path.getsize(out / name) > 0
   # Steering really changed the generations.
@@ -76,13 +78,13 @@ def test_killed_run_resumes_to_the_same_report(finished, tmp_path):
     ("missing dataset file", ["--config.tasks.names=('math500',)", "--config.tasks.sources=('math500=/nonexistent/x.parquet',)"]),
     ("feature out of range", ["--config.steering.features=(256,)"]),
     ("strength not finite", ["--config.steering.strengths=(1e999,)"]),
-    ("empty stop string", ["--config.eval.stop=('',)"]),
+    ("empty stop string", ["--config.sampling.stop=('',)"]),
     ("SAE width differs", ["SMALL_SAE"]),
 ])
 def test_bad_input_one_line_and_nothing_lost(finished, tmp_path, case, overrides):
   model, sae, out, steer, _ = finished
   if overrides == ["SMALL_SAE"]:
-    overrides = [f"--config.steering.sae={selective_sae_dir(tmp_path / 'small', 64, hook_layer=19)}"]
+    overrides = [f"--sae={selective_sae_dir(tmp_path / 'small', 64, hook_layer=19)}"]
   before = {n: open(out / n, "rb").read() for n in ("samples.jsonl", "summary.json")}
   proc = _evaluate(out, *steer, *overrides, model=model)
   assert proc.returncode == 2, (case, proc.stderr[-2000:])
@@ -98,8 +100,8 @@ def test_dashboard_max_activation_lookup(finished, tmp_path):
   dash.mkdir()
   json.dump({"features": [{"feature": 7, "max_activation": 2.5}]}, open(dash / "features.json", "w"))
   out = tmp_path / "out"
-  proc = _evaluate(out, f"--config.steering.sae={sae}", "--config.steering.features=(7,)",
-                   f"--config.steering.dashboard={dash}", "--config.tasks.limit=1", model=model)
+  proc = _evaluate(out, f"--sae={sae}", "--config.steering.features=(7,)", f"--dashboard={dash}",
+                   "--config.tasks.limit=1", model=model)
   assert proc.returncode == 0, proc.stderr
   f = json.load(open(out / "steering.json"))[0]["per_feature"][0]
   assert f["max_activation"] == 2.5 and f["target"] == pytest.approx(10.0)

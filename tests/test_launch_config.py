@@ -26,6 +26,10 @@ OVERRIDES = {
     "dashboard": ("dashboard.n_top", "7", 7),
     "autointerp": ("autointerp.key_env", "MY_KEY", "MY_KEY"),
     "diff": ("diff.ratio_eps", "0.001", 0.001),
+    "tasks": ("tasks.limit", "5", 5),
+    "sampling": ("sampling.temperature", "0.0", 0.0),
+    "engine": ("engine.slots", "4", 4),
+    "steering": ("steering.site", "mlp_out", "mlp_out"),
 }
 # script -> (its extra args, the sections it reads)
 SCRIPTS = {
@@ -35,6 +39,7 @@ SCRIPTS = {
     "reason_score.py": ((), ("model", "mesh", "data", "activations", "hook", "reasonscore")),
     "dashboard.py": ((), ("model", "mesh", "data", "hook", "reasonscore", "dashboard", "autointerp")),
     "diff_models.py": ((), ("model", "mesh", "data", "activations", "hook", "reasonscore", "diff")),
+    "evaluate.py": ((), ("model", "mesh", "tasks", "sampling", "engine", "steering")),
 }
 
 

@@ -1,4 +1,5 @@
-"""Import layers (WORKSPACE.md): models, data <- activations <- sae <- features <- runs <- aot <- launch.
+"""Import layers (WORKSPACE.md): models, data <- activations, generation, steering, evals <- sae <- features <- runs
+<- aot <- launch. So generation and steering never see an SAE: features builds steering from one.
 
 Imports are read with `ast`, those inside functions too, so a cycle or an upward import cannot hide in a function
 body. Fast: nothing is imported.
@@ -15,9 +16,9 @@ from conftest import REPO
 LAYERS = (
     ("sae_jax", "sae_jax.errors", "sae_jax.io", "sae_jax.runinfo", "sae_jax.assets", "sae_jax.paper"),
     ("sae_jax.models", "sae_jax.data"),
-    ("sae_jax.activations",),
+    ("sae_jax.activations", "sae_jax.generation", "sae_jax.steering", "sae_jax.evals"),
     ("sae_jax.sae",),
-    ("sae_jax.features", "sae_jax.generation"),
+    ("sae_jax.features",),
     ("sae_jax.runs",),
     ("sae_jax.aot",),
 )

@@ -23,7 +23,7 @@ from sae_jax.features.steer import build_steering, dashboard_max_activations, de
 from sae_jax.generation import Engine, Request
 from sae_jax.models.checkpoint import load_any
 from sae_jax.models.inference import forward_logits
-from sae_jax.sae import LoadedSAE, SAEConfig, load_saelens, save_saelens
+from sae_jax.sae import SAE, SAEConfig, load_saelens, save_saelens
 from sae_jax.steering import SteeringArgs, SteeringPlan, steer
 
 LAYER = 12
@@ -53,7 +53,7 @@ def _random_sae(d_in: int, seed: int = 0, **cfg_kwargs):
 def sae(tmp_path_factory):
   """Through save_saelens / load_saelens, the path a user's SAE takes."""
   params, cfg = _random_sae(576)
-  return load_saelens(save_saelens(str(tmp_path_factory.mktemp("sae") / "sae"), params, cfg))
+  return load_saelens(save_saelens(str(tmp_path_factory.mktemp("sae") / "sae"), SAE(params, cfg)))
 
 
 @pytest.fixture(scope="module")
@@ -304,9 +304,10 @@ def test_folded_units_scale_jumprelu_thresholds_and_keep_the_pre_bias():
 
 def test_norm_scaling_factor_is_folded_into_the_rows(tmp_path):
   params, cfg = _random_sae(32)
-  loaded = load_saelens(save_saelens(str(tmp_path / "s"), params, cfg, norm_scaling_factor=4.0))
+  loaded = load_saelens(save_saelens(str(tmp_path / "s"), SAE(params, cfg, "scaled", 4.0)))
+  assert loaded.units == "scaled" and loaded.scale == 4.0
   steering = build_steering(loaded, [5], 1.0, 2.0)
-  raw_input = loaded.raw_input_params()
+  raw_input = loaded.raw().params
   np.testing.assert_allclose(np.asarray(steering.args.w_dec[0]), raw_input["W_dec"][5], rtol=1e-6)
   np.testing.assert_allclose(np.asarray(steering.args.w_enc[0]), raw_input["W_enc"][:, 5], rtol=1e-6)
   assert describe(steering)[0]["row_norm"] == pytest.approx(np.linalg.norm(params["W_dec"][5]) / 4.0)
@@ -401,6 +402,6 @@ def test_bad_requests_are_one_line_user_errors(smol, sae):
   assert build_steering(topk, [3], STRENGTH, MAX_ACT, method="add").args.w_enc is None
 
 
-def _loaded(params_cfg) -> LoadedSAE:
+def _loaded(params_cfg) -> SAE:
   params, cfg = params_cfg
-  return LoadedSAE(params=params, cfg=cfg, norm_scaling_factor=None, saelens_cfg={})
+  return SAE(params, cfg)

@@ -29,8 +29,9 @@ from sae_jax.evals.tasks import Problem
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  """The sampling protocol; the defaults are the paper's (T 0.6, top-p 0.95, 32,768 new tokens, k = 1)."""
+class SamplingConfig:
+  """The sampling protocol (config section `sampling`); the defaults are the paper's (T 0.6, top-p 0.95,
+  32,768 new tokens, k = 1)."""
   template: str = "tokenizer"  # see chat.TEMPLATES
   temperature: float = 0.6
   top_p: float = 0.95
@@ -135,7 +136,7 @@ def _check_settings(settings: Sequence[Setting]) -> None:
 
 
 def run_eval(tasks: Mapping[str, Sequence[Problem]] | Sequence[Problem], settings: Sequence[Setting],
-             generate: Generate, store: SampleStore | str, tokenizer: Any, config: EvalConfig = EvalConfig(),
+             generate: Generate, store: SampleStore | str, tokenizer: Any, config: SamplingConfig = SamplingConfig(),
              graders: Mapping[str, Sequence] | None = None, judge=None, log=None) -> list[dict]:
   """Evaluate every (setting, problem, sample) not yet in `store`; returns the records of this plan.
 

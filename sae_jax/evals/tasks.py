@@ -240,3 +240,33 @@ def load_task(name: str, source: str | None = None, limit: int | None = None, **
   if len(set(ids)) != len(ids):
     raise UserError(f"task {name}: problem ids are not unique")
   return problems[:limit] if limit else problems
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksConfig:
+  """Which benchmarks to run (config section `tasks`); the defaults are the paper's three."""
+
+  names: tuple[str, ...] = ("aime24", "math500", "gpqa_diamond")
+  sources: tuple[str, ...] = ()  # task=PATH (parquet, jsonl, json, csv or a save_to_disk dir) instead of the hub
+  limit: int = 0  # first problems of each task (after GPQA's shuffle); 0: all
+  gpqa_shuffle_seed: int = 0  # lm-eval's default seed (1234: vLLM's, which may have re-seeded `random` first)
+  arithmetic_size: int = 32  # problems of the offline reasoning-gym task
+
+  def load(self) -> dict[str, list[Problem]]:
+    """{task: problems}, every task checked before any is loaded from a file or the hub."""
+    if not self.names:
+      raise UserError("tasks.names is empty")
+    unknown = [n for n in self.names if n not in TASKS]
+    if unknown:
+      raise UserError(f"unknown task {unknown[0]!r}; known: {', '.join(TASKS)}")
+    sources = {}
+    for spec in self.sources:
+      name, sep, path = spec.partition("=")
+      if not sep or not path:
+        raise UserError(f"tasks.sources entries are task=PATH, got {spec!r}")
+      if name not in self.names:
+        raise UserError(f"tasks.sources names {name!r}, which is not in tasks.names")
+      sources[name] = path
+    options = {"gpqa_diamond": {"shuffle_seed": self.gpqa_shuffle_seed},
+               "arithmetic": {"size": max(self.arithmetic_size, self.limit)}}
+    return {n: load_task(n, sources.get(n), self.limit or None, **options.get(n, {})) for n in self.names}

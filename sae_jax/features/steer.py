@@ -50,19 +50,17 @@ class Steering:
     return dataclasses.replace(self, strengths=tuple(strengths), args=self.args.with_targets(targets))
 
 
-def feature_tensors(sae, features, norm_scaling_factor: float | None = None) -> dict:
-  """Everything steering reads from a `LoadedSAE` (the only function that touches one), for the selected
-  features only: the full W_enc of the paper's SAE is 1 GiB, and nothing here reads more than its columns.
+def feature_tensors(sae, features) -> dict:
+  """Everything steering reads from an `SAE` (the only function that touches one), for the selected features
+  only: the full W_enc of the paper's SAE is 1 GiB, and nothing here reads more than its columns. An SAE in
+  "scaled" units has its norm scaling factor folded into those columns and rows.
 
   Returns the checked feature ids [n]; float32 numpy tensors for raw site activations: w_enc [n, d], b_enc [n],
   w_dec [n, d], b_dec [d], threshold [n] or None; and architecture, apply_b_dec_to_input, d_in, hook_layer.
   """
   cfg, p = sae.cfg, sae.params
   features = _feature_ids(features, int(cfg.d_sae))
-  s = sae.norm_scaling_factor if norm_scaling_factor is None else norm_scaling_factor
-  s = np.float32(1.0 if s is None else s)
-  if not np.isfinite(s) or s <= 0:
-    raise UserError(f"norm scaling factor must be a finite number > 0, got {s}")
+  s = np.float32(sae.scale if sae.units == "scaled" else 1.0)
   threshold = p.get("threshold")
   return {"ids": features, "w_enc": np.asarray(p["W_enc"][:, features].T, np.float32) * s,
           "b_enc": np.asarray(p["b_enc"][features], np.float32),
@@ -102,16 +100,16 @@ def dashboard_max_activations(dashboard: str, features, required: bool = True) -
 
 def build_steering(sae, features, strengths, max_activations=None, *, dashboard: str | None = None,
                    method: str = "intervention", site: str = "resid_post", layer: int | None = None,
-                   units: str = "raw", norm_scaling_factor: float | None = None, model_cfg=None,
+                   units: str = "raw", model_cfg=None,
                    enabled: bool = True) -> Steering:
-  """Steering of `features` (ids) of `sae` (a `LoadedSAE`) with c = strength * max activation per feature.
+  """Steering of `features` (ids) of `sae` (an `SAE`) with c = strength * max activation per feature.
 
   `strengths` and `max_activations` are one number or one per feature; without `max_activations` they are
   read from `dashboard` (a launch/dashboard.py output dir), which is otherwise only shown by `describe`.
   `layer` defaults to the SAE's hook layer; `site` is "resid_post" or the reference's "mlp_out" (see
   `sae_jax.steering`). `model_cfg` (the model's `ModelConfig`) checks width and layer against the model.
   """
-  t = feature_tensors(sae, features, norm_scaling_factor)
+  t = feature_tensors(sae, features)
   ids = t["ids"]
   plan = SteeringPlan(layer=t["hook_layer"] if layer is None else layer, site=site, method=method)
   if units not in UNITS:

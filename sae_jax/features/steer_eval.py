@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from sae_jax import io as sio
 from sae_jax.errors import UserError
 from sae_jax.evals import report as eval_report
 from sae_jax.evals import runner
@@ -27,8 +28,8 @@ SAMPLES_FILE = "samples.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
-class EngineOptions:
-  """Decode slots and tokens per slot (prompt + generation); 0 slots: as many as the memory holds (<= 64)."""
+class EngineConfig:
+  """Decode slots and tokens per slot (config section `engine`); 0 slots: as many as the memory holds (<= 64)."""
 
   slots: int = 0
   max_len: int = 0  # 0: the longest prompt + eval max_new_tokens
@@ -36,15 +37,14 @@ class EngineOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class SteeringOptions:
-  """Which features to steer and how. One setting per (feature group, strength); the baseline runs too."""
+class SteeringConfig:
+  """Which features of the --sae to steer and how (config section `steering`). One setting per (feature group,
+  strength), plus the unsteered baseline."""
 
-  sae: str = ""  # SAE dir (SAELens / sparsify format); empty: baseline only
   features: tuple[int, ...] = ()
   together: bool = False  # steer all features in one setting instead of one setting per feature
   strengths: tuple[float, ...] = (2.0,)  # a sweep: one setting per strength
-  max_activations: tuple[float, ...] = ()  # per feature; empty: read from `dashboard`
-  dashboard: str = ""  # launch/dashboard.py output dir (max activations, and shown beside given ones)
+  max_activations: tuple[float, ...] = ()  # per feature; empty: read from the --dashboard dir
   method: str = "intervention"  # intervention | clamp | add
   site: str = "resid_post"  # resid_post (what the SAE was trained on) | mlp_out (the reference's behaviour)
   units: str = "raw"  # raw decoder rows as released (the reference) | folded (unit rows)
@@ -68,7 +68,7 @@ def free_memory_bytes(mesh=None) -> tuple[int, str]:
   return pages * size, "available host memory"
 
 
-def size_slots(model_cfg, dtype, max_len: int, opts: EngineOptions, mesh=None, log=print) -> int:
+def size_slots(model_cfg, dtype, max_len: int, opts: EngineConfig, mesh=None, log=print) -> int:
   """Slots the KV cache can hold in the memory there is (or the requested number, checked against it)."""
   per_slot = kv_bytes_per_slot(model_cfg, max_len, dtype)
   free, source = free_memory_bytes(mesh)
@@ -82,15 +82,16 @@ def size_slots(model_cfg, dtype, max_len: int, opts: EngineOptions, mesh=None, l
   return slots
 
 
-def steering_settings(sae, model_cfg, opts: SteeringOptions) -> tuple[Any, dict[str, Any], list[dict]]:
+def steering_settings(sae, model_cfg, opts: SteeringConfig, dashboard: str = "") -> tuple[Any, dict[str, Any],
+                                                                                          list[dict]]:
   """(plan or None, {setting name: SteeringArgs (None = unhooked baseline)}, per-setting descriptions)."""
   settings, described, plan = {}, [], None
   if sae is None:
     if opts.features:
-      raise UserError("steering.features needs steering.sae")
+      raise UserError("steering.features needs an SAE (--sae)")
     return None, {"baseline": None}, []
   if not opts.features:
-    raise UserError("steering.sae is set but steering.features is empty")
+    raise UserError("an SAE is given but steering.features is empty")
   if not opts.strengths or not all(math.isfinite(s) for s in opts.strengths):
     raise UserError(f"steering.strengths must be finite numbers, got {list(opts.strengths)}")
   groups = [tuple(opts.features)] if opts.together else [(f,) for f in opts.features]
@@ -101,7 +102,7 @@ def steering_settings(sae, model_cfg, opts: SteeringOptions) -> tuple[Any, dict[
   for group in groups:
     for strength in opts.strengths:
       built = steer.build_steering(sae, list(group), strength, [maxes[f] for f in group] if maxes else None,
-                                   dashboard=opts.dashboard or None, method=opts.method, site=opts.site,
+                                   dashboard=dashboard or None, method=opts.method, site=opts.site,
                                    layer=None if opts.layer < 0 else opts.layer, units=opts.units,
                                    model_cfg=model_cfg)
       if plan is not None and built.plan != plan:
@@ -133,12 +134,13 @@ def make_generate(engine: Engine, settings: dict[str, Any], stop_ids: Sequence[i
   return generate
 
 
-def evaluate(model, tokenizer, tasks: dict, out_dir: str, config: runner.EvalConfig, engine_opts: EngineOptions,
-             steering_opts: SteeringOptions, sae=None, mesh=None, log=None) -> dict:
-  """Runs every setting on every task (resuming from `out_dir`), writes summary.json, report.md and plots."""
+def evaluate(model, tokenizer, tasks: dict, out_dir: str, config: runner.SamplingConfig, engine_opts: EngineConfig,
+             steering_opts: SteeringConfig, sae=None, dashboard: str = "", mesh=None, log=None) -> dict:
+  """Runs every setting on every task (resuming from `out_dir`); writes summary.json, report.md, plots and
+  steering.json (the units of every steered feature). Returns the full summary."""
   config.validate()
   log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-  plan, settings, described = steering_settings(sae, model.cfg, steering_opts)
+  plan, settings, described = steering_settings(sae, model.cfg, steering_opts, dashboard)
   for d in described:
     for f in d["per_feature"]:
       log(f"[evaluate] {d['setting']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -173,6 +175,7 @@ def evaluate(model, tokenizer, tasks: dict, out_dir: str, config: runner.EvalCon
   summary = eval_report.write_report(out_dir, records, baseline="baseline" if "baseline" in settings else None,
                                      protocol=protocol)
   summary["steering"] = described
+  sio.write_json(os.path.join(out_dir, "steering.json"), described, indent=1)
   return summary
 
 
