@@ -1,7 +1,8 @@
 """sae_jax.data: the reference's exact corpus strings, TL-faithful and clean packing, sources, mixing, demo.
 
-Expected strings are written out from REFERENCE.md 4.1/4.3 (not from the code under test); the TL packing
-is rebuilt here from first principles (join, 20 chunks, padded batch tokenization, drop pads).
+Expected strings are written out from the reference's prepare scripts (sae_jax/paper.md, "Text templates" and
+"The extraction set"), not from the code under test; the TL packing is rebuilt here from first principles (join,
+20 chunks, padded batch tokenization, drop pads).
 """
 
 import functools
@@ -43,7 +44,7 @@ def _docs(n, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Text builders (REFERENCE 4.1)
+# Text builders (sae_jax/paper.md, "Text templates")
 
 
 def test_lmsys_conversation_text_exact():
@@ -101,7 +102,7 @@ def test_openthoughts_corpus_filters_and_shuffles_like_reference():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Extraction subset (REFERENCE 4.3)
+# Extraction subset (sae_jax/paper.md, "The extraction set")
 
 
 def test_openthoughts_subset_counts_and_topup_order():

@@ -114,9 +114,9 @@ def test_train_sae_on_the_fly(assets, tmp_path):
 
 
 def test_paper_config_is_the_paper_sae_and_other_architectures_get_their_defaults():
-  """REFERENCE.md section 5 values; `--config.sae.architecture=topk` gets topk's own defaults (pre-bias and unit
-  decoder, as OpenAI) unless overridden. The keys are typed, which is what lets the command line set them
-  (`--config.sae.apply_b_dec_to_input=false`, `--config.sae.k=64`)."""
+  """The paper's values (sae_jax/paper.md, "The SAE"); `--config.sae.architecture=topk` gets topk's own defaults
+  (pre-bias and unit decoder, as OpenAI) unless overridden. The keys are typed, which is what lets the command
+  line set them (`--config.sae.apply_b_dec_to_input=false`, `--config.sae.k=64`)."""
   from configs import paper_r1_llama8b_l19
   from sae_jax.runs import section
 

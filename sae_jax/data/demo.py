@@ -2,10 +2,10 @@
 
 The paper's corpora need a hub; the demo must run anywhere. So: worked math problems in the model's chat
 template, the assistant turn a "<think>...</think>" trace that uses the ReasonScore vocabulary
-(REFERENCE 6.2: Wait, Let me, Therefore, However, Alternatively, Hmm, Maybe, Perhaps, But, Another), so
-reasoning features have something to fire on. Problems come from a small deterministic generator of arithmetic
-word problems, or from `reasoning_gym` when asked (`use_reasoning_gym=True`): the corpus never depends on what
-happens to be installed.
+(sae_jax/paper.md, "Vocabulary and groups": Wait, Let me, Therefore, However, Alternatively, Hmm, Maybe,
+Perhaps, But, Another), so reasoning features have something to fire on. Problems come from a small
+deterministic generator of arithmetic word problems, or from `reasoning_gym` when asked
+(`use_reasoning_gym=True`): the corpus never depends on what happens to be installed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Text -> fixed rows of `context_size` token ids, in two modes, streamed for corpora of any size.
 
-* `reference`: TransformerLens `tokenize_and_concatenate` as the paper ran it (REFERENCE 4.1, 12.9): per
-  map batch of 1000 docs, join with the EOS *string*, cut the string into 20 equal character chunks,
+* `reference`: TransformerLens `tokenize_and_concatenate` as the paper ran it (sae_jax/paper.md, "Packing"):
+  per map batch of 1000 docs, join with the EOS *string*, cut the string into 20 equal character chunks,
   tokenize each chunk with the tokenizer's special tokens (so each chunk opens with BOS on Llama-3),
   drop pad ids, reshape, drop the batch's remainder. `datasets.map(num_proc=10)` first cuts the dataset
   into 10 contiguous shards and batches inside each shard, so batch boundaries depend on num_proc;

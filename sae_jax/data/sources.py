@@ -27,7 +27,7 @@ _AUTO = "auto"
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-  """One text source. `builder` turns raw rows into `text` (REFERENCE 4.1/4.3); else `column` is read.
+  """One text source. `builder` turns raw rows into `text` (sae_jax/paper.md, "Text templates"); else `column` is read.
 
   shuffle_seed: "auto" = the reference's `.shuffle(seed=42)` for the lmsys/openthoughts builders and no
   shuffle otherwise; an int shuffles documents with that seed; None keeps file order.

@@ -1,4 +1,4 @@
-"""The reference's corpus builders as exact strings (REFERENCE 4.1, 4.3).
+"""The reference's corpus builders as exact strings (sae_jax/paper.md, "Text templates", "The extraction set").
 
 The SAE is trained and scored on text laid out exactly as the reference's prepare scripts lay it out
 (DeepSeek-R1 special strings, the OpenThoughts system prompt with its line breaks, per-domain user
@@ -134,7 +134,9 @@ def openthoughts_corpus(dataset, domains: Sequence[str] = OPENTHOUGHTS_DOMAINS, 
 
 def openthoughts_subset(dataset, num_samples: int = 10_000, domains: Sequence[str] = OPENTHOUGHTS_DOMAINS,
                         seed: int = 42):
-  """The extraction subset of `prepare_openthoughts_subset.py` (REFERENCE 4.3), with a `text` column.
+  """The extraction subset of `prepare_openthoughts_subset.py`, with a `text` column.
+
+  See sae_jax/paper.md, "The extraction set".
 
   Per domain (in `domains` order): its rows in original order, `.shuffle(seed=42)`, first
   min(len, num_samples // len(domains)). If short of `num_samples`, top up with the first not-yet-chosen

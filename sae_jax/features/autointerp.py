@@ -1,8 +1,8 @@
 """Automatic labels for dashboard features from an LLM behind an OpenAI-compatible chat endpoint.
 
-The paper mentions automatic interpretation without method or prompt (REFERENCE.md section 7), so this is our
-own, in the spirit of Bills et al. (2023): show the feature's top contexts and a few from lower intervals with
-activations on a 0-10 scale, plus the logit lens, and ask for a short label. Off unless a URL is given; the
+The paper mentions automatic interpretation without method or prompt (sae_jax/paper.md, "Dashboards"), so this
+is our own, in the spirit of Bills et al. (2023): show the feature's top contexts and a few from lower intervals
+with activations on a 0-10 scale, plus the logit lens, and ask for a short label. Off unless a URL is given; the
 tests only check the prompt.
 """
 

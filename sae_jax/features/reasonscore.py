@@ -1,4 +1,4 @@
-"""ReasonScore (REFERENCE.md section 6): which SAE features fire on reasoning words, across many words.
+"""ReasonScore (sae_jax/paper.md, "ReasonScore"): which SAE features fire on reasoning words, across many words.
 
 Per feature j, on the W_dec-norm-folded activations: mu+_j / mu-_j = mean over tokens inside / outside the
 widened word windows, mu_{j,r} = mean over word r's windows, H_j = normalised entropy of mu_{j,.} over the
@@ -245,8 +245,8 @@ def reasonscore_corpus(site_fn, rows, sae: SAE, vocab: Vocabulary, *, batch_rows
   """ReasonScore of token `rows` [n, L] with `site_fn(tokens) -> [B, L, d_in]`, one forward per token.
 
   `site_fn` is `sae_jax.activations.collect.make_site_fn(model, layer, "resid_post", mesh)`; the paper scores
-  the first 4096 shuffled rows of 1024 tokens (REFERENCE.md 6.1). `progress(rows_done, n_rows)` is called
-  after each batch; other keywords go to `ReasonScoreAccumulator`.
+  the first 4096 shuffled rows of 1024 tokens (sae_jax/paper.md, "The extraction set").
+  `progress(rows_done, n_rows)` is called after each batch; other keywords go to `ReasonScoreAccumulator`.
   """
   if len(rows) == 0:
     raise UserError("ReasonScore got no tokens: the corpus is empty")

@@ -1,8 +1,9 @@
 """The SAE config: architecture, where its activations come from, and how it is trained.
 
-Defaults are the paper's `training/configs/r1-distill-llama-8b.yaml` (REFERENCE.md section 5) except the sizes,
-which every config must give. The other architectures (topk, batchtopk, jumprelu) read their own fields below;
-`apply_b_dec_to_input` and `normalize_decoder` left as None take the architecture's default (`ARCH_DEFAULTS`).
+Defaults are the paper's `training/configs/r1-distill-llama-8b.yaml` (sae_jax/paper.md, "The SAE") except the
+sizes, which every config must give. The other architectures (topk, batchtopk, jumprelu) read their own fields
+below; `apply_b_dec_to_input` and `normalize_decoder` left as None take the architecture's default
+(`ARCH_DEFAULTS`).
 """
 
 import dataclasses
