@@ -481,6 +481,9 @@ def evaluate(c, sae_dir: str, out: str, dashboard: str = "") -> dict:
   if os.path.isfile(out):
     raise UserError(f"--out {out} is a file, expected a directory")
   sae = load_saelens(sae_dir) if sae_dir else None
+  shape = section(c, "model").peek()
+  if shape is not None:  # bad steering settings fail before the weights load
+    steer_eval.steering_settings(sae, shape, steering, dashboard)
   mesh = section(c, "mesh").make()
   model = section(c, "model").load(mesh)
   summary = steer_eval.evaluate(model, c.model.path, tasks, out, sampling, engine, steering, sae=sae,

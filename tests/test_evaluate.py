@@ -101,7 +101,8 @@ def test_dashboard_max_activation_lookup(finished, tmp_path):
   json.dump({"features": [{"feature": 7, "max_activation": 2.5}]}, open(dash / "features.json", "w"))
   out = tmp_path / "out"
   proc = _evaluate(out, f"--sae={sae}", "--config.steering.features=(7,)", f"--dashboard={dash}",
-                   "--config.tasks.limit=1", model=model)
+                   "--config.tasks.limit=1", "--config.steering.baseline=false", "--config.sampling.max_new_tokens=4",
+                   model=model)
   assert proc.returncode == 0, proc.stderr
   f = json.load(open(out / "steering.json"))[0]["per_feature"][0]
   assert f["max_activation"] == 2.5 and f["target"] == pytest.approx(10.0)

@@ -27,12 +27,11 @@ def _run(engine, requests, hook_args=None):
 
 
 def test_greedy_64_tokens_equal_hf_generate_batched(assets):
-  """SmolLM2 f32, 4 chat prompts of different lengths on 2 slots (rows refill): HF's greedy tokens exactly."""
+  """SmolLM2 f32, 3 chat prompts of different lengths on 2 slots (a row refills): HF's greedy tokens exactly."""
   tok = transformers.AutoTokenizer.from_pretrained(assets.smollm2_hf)
   hf = transformers.AutoModelForCausalLM.from_pretrained(assets.smollm2_hf, dtype=torch.float32).eval()
   texts = ["Hi.", "Name three prime numbers and explain why each is prime.",
-           "Write a short story about a robot who learns to paint, in the style of a fairy tale, with a moral.",
-           "What is 12 * 12?"]
+           "Write a short story about a robot who learns to paint, in the style of a fairy tale, with a moral."]
   ids = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True,
                                  return_dict=True)["input_ids"] for t in texts]
   assert len({len(i) for i in ids}) == len(ids)
@@ -184,7 +183,7 @@ def test_f32_cache_of_a_bf16_model_gives_the_bf16_cache_tokens(assets):
   bf16 = load_model(assets.smollm2_gguf, jnp.bfloat16)
   tok = transformers.AutoTokenizer.from_pretrained(assets.smollm2_hf)
   reqs = [Request(i, tuple(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                                   tokenize=True, return_dict=True)["input_ids"]), 24)
+                                                   tokenize=True, return_dict=True)["input_ids"]), 16)
           for i, t in enumerate(["Why is the sky blue?", "List three uses of a paperclip."])]
   assert _run(Engine(bf16, 2, 96, cache_dtype=jnp.float32), reqs) == _run(Engine(bf16, 2, 96,
                                                                                  cache_dtype=jnp.bfloat16), reqs)
