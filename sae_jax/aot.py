@@ -11,8 +11,15 @@ at once, counted on the safe side: the larger of XLA's buffer-assignment peak (`
 arguments + outputs - outputs aliased to donated arguments + temporaries, plus the generated code. (The peak
 can be lower, as temporaries reuse dead arguments; for some TPU executables XLA reports `temps` as 0 and only
 the peak counts them.)
+
+The `evaluate` stage is the sampling engine's steered decode step (`inference.decode_step` with the steering hook
+and the sampler folded in) on the eval config's slots and KV cache. Beside bytes and fit it estimates the step's
+time from XLA's cost analysis against the chip's peak (`PEAK`), the largest number of slots that fits, and the
+wall time of the paper's three benchmarks (see `evaluate_stage`).
 """
 
+import functools
+import math
 import os
 import time
 
@@ -25,17 +32,28 @@ from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 
 LIBTPU_REQUIREMENT = "libtpu==0.0.42.1"  # the libtpu jax 0.10.2 is built against (requirements.txt)
-STAGES = ("collect", "train_sae", "reason_score")
+STAGES = ("collect", "train_sae", "reason_score", "evaluate")
 GIB = 2**30
 # HBM per device (one chip; v4 is compiled as megacore, one device per chip), by `device.device_kind`.
 HBM_BYTES = {"TPU v4": 32 * GIB, "TPU v5 lite": 16 * GIB, "TPU v5": 95 * GIB, "TPU v6 lite": 32 * GIB}
+# (peak bf16 flop/s, HBM bytes/s) of one chip, from the Cloud TPU system architecture pages
+# (https://cloud.google.com/tpu/docs/v4, .../v5e, .../v5p, .../v6e): v4 275 TFLOPs and 1,200 GBps, v5e 197 TFLOPs
+# and 819 GBps, v5p 459 TFLOPs and 2,765 GBps, v6e 918 TFLOPs and 1,640 GBps. One device is one chip (see above).
+PEAK = {"TPU v4": (275e12, 1200e9), "TPU v5 lite": (197e12, 819e9), "TPU v5": (459e12, 2765e9),
+        "TPU v6 lite": (918e12, 1640e9)}
+# The paper's benchmarks at k = 1 (sae_jax.evals.tasks): AIME 2024, MATH-500, GPQA Diamond.
+PAPER_BENCHMARKS = {"aime24": 30, "math500": 500, "gpqa_diamond": 198}
+MEAN_NEW_TOKENS = 8192  # assumed mean generated tokens per sample for the wall-time estimate (see evaluate_stage)
+MAX_AUTO_SLOTS = 64  # engine.slots = 0: the engine takes as many slots as memory holds, at most this many
 TIGHT = 0.95  # a plan using more of the nominal HBM than this is flagged: the runtime keeps some for itself
 TOPOLOGY_EXAMPLES = "v5e:2x2, v5e:4x4, v4:2x2x1, v5p:2x2x1, v6e:2x2"
 # Which mesh axes shrink each stage's per-device bytes (sharding.LOGICAL_RULES): the model weights shard on
 # fsdp (embed) and model (heads, mlp, vocab); the SAE's latents only on model; fsdp and data split tokens.
 _ADVICE = {"collect": "shard the model weights: raise --config.mesh.fsdp (or --config.mesh.model)",
            "train_sae": "shard the SAE latents: raise --config.mesh.model",
-           "reason_score": "shard the SAE latents: raise --config.mesh.model"}
+           "reason_score": "shard the SAE latents: raise --config.mesh.model",
+           "evaluate": "shard the weights and the KV heads: raise --config.mesh.model (up to the model's KV "
+                       "heads), or lower engine.slots or engine.max_len"}
 _RUN_ADVICE = {"train_sae.py": "raise --config.mesh.model (splits the SAE latents and the model weights), or "
                                "lower trainer.buffer_half_tokens: the shuffle buffer sits whole on the first device",
                "reason_score.py": "raise --config.mesh.model (splits the SAE latents and the model weights)"}
@@ -71,10 +89,11 @@ def hbm_bytes(device) -> int | None:
   return HBM_BYTES.get(device.device_kind)
 
 
-def timed_compile(jitted, *args):
-  """(compiled, seconds): `jitted` lowered for `args` (ShapeDtypeStructs) and compiled."""
+def timed_compile(jitted, *args, **static):
+  """(compiled, seconds): `jitted` lowered for `args` (ShapeDtypeStructs; `static`: its static keyword args) and
+  compiled."""
   start = time.time()
-  compiled = jitted.lower(*args).compile()
+  compiled = jitted.lower(*args, **static).compile()
   return compiled, time.time() - start
 
 
@@ -183,15 +202,212 @@ def placeholder_vocabulary():
                                                 for i, s in enumerate(paper.REASON_STRINGS)))
 
 
+def abstract_decode_args(model_cfg, dtype, slots: int, max_len: int, mesh, n_features: int = 1) -> tuple:
+  """(cache, tokens, active, hook_args, sampler_args) of the engine's decode step as ShapeDtypeStructs, placed as
+  the engine places them: the KV cache on `inference.cache_shardings` in the model dtype (the engine's cache dtype
+  on TPU), per-slot arrays on the data axes, the steering args ([] switch, n features of width d) replicated."""
+  from sae_jax.generation.sampling import SamplerArgs
+  from sae_jax.models.inference import cache_shardings
+  from sae_jax.models.transformer import KVCache
+  from sae_jax.steering import SteeringArgs
+  place = cache_shardings(model_cfg, mesh, slots, max_len)
+  kv = (slots, max_len, model_cfg.num_kv_heads, model_cfg.head_dim)
+  cache = KVCache(k=tuple(_sds(kv, dtype, s) for s in place.k), v=tuple(_sds(kv, dtype, s) for s in place.v),
+                  valid=_sds((slots, max_len), bool, place.valid), offset=_sds((slots,), jnp.int32, place.offset))
+
+  def per_slot(dtype_, *tail):
+    return _sds((slots, *tail), dtype_, shd.logical_sharding(("batch",), (slots, *tail), mesh))
+
+  rep, n, d = _replicated(mesh), n_features, model_cfg.hidden_size
+  hook_args = SteeringArgs(enabled=_sds((), bool, rep), w_dec=_sds((n, d), jnp.float32, rep),
+                           target=_sds((n,), jnp.float32, rep), w_enc=_sds((n, d), jnp.float32, rep),
+                           b_enc=_sds((n,), jnp.float32, rep))
+  sampler_args = SamplerArgs(temperature=per_slot(jnp.float32), top_p=per_slot(jnp.float32),
+                             top_k=per_slot(jnp.int32), key=per_slot(jnp.uint32, 2), step=per_slot(jnp.int32))
+  return cache, per_slot(jnp.int32), per_slot(bool), hook_args, sampler_args
+
+
+@functools.lru_cache(maxsize=32)  # compiled programs hold no weights; the search and the stage share compiles
+def compile_evaluate(model_cfg, dtype, slots: int, max_len: int, steering_plan, mesh, n_features: int = 1):
+  """(compiled, seconds): the engine's donated decode step (`inference.decode_step` with `steering_plan` as its
+  hook factory, None: unsteered, and `sampling.sample` folded in) on `slots` rows of a `max_len`-token KV cache."""
+  from sae_jax.generation import sampling
+  from sae_jax.models.inference import decode_step
+  from sae_jax.models.loading import abstract_model
+  graphdef, state = abstract_model(model_cfg, dtype, mesh)
+  cache, tokens, active, hook_args, sampler_args = abstract_decode_args(model_cfg, dtype, slots, max_len, mesh,
+                                                                        n_features)
+  args = (cache, tokens, active, None if steering_plan is None else hook_args, sampler_args)
+  return timed_compile(decode_step, graphdef, state, *args, make_hooks=steering_plan, sampler=sampling.sample)
+
+
+def step_time(stats: dict, device_kind: str) -> dict:
+  """Estimated seconds per step of a compiled stage, by the roofline of one device (`PEAK`).
+
+  `xla_seconds` = max(flops / peak flop/s, bytes accessed / HBM bandwidth) from XLA's cost analysis. Those
+  `bytes accessed` add up every op's operands and results as XLA schedules them (a cache update done in place
+  counts its whole buffer), and are no plain sum of reads: 26.0 GB per device at 8 and at 26 slots of the paper's
+  model on v5e:2x4, model=8. `floor_seconds` = max(flops / peak, argument bytes / bandwidth): every resident byte
+  (weights, the whole cache, which attention reads to max_len) read once. `seconds` is the larger of the two;
+  decode is memory-bound. None of them counts collectives over ICI or the host's work between steps.
+  """
+  peak = PEAK.get(device_kind)
+  if peak is None or stats.get("bytes_per_device") is None:
+    return {"seconds": None, "xla_seconds": None, "floor_seconds": None, "bound": None}
+  flops_s = stats["flops_per_device"] / peak[0]
+  bytes_s = stats["bytes_accessed_per_device"] / peak[1]
+  floor = max(flops_s, stats["bytes_per_device"]["arguments"] / peak[1])
+  return {"seconds": max(flops_s, bytes_s, floor), "xla_seconds": max(flops_s, bytes_s), "floor_seconds": floor,
+          "bound": "compute" if flops_s >= max(bytes_s, floor) else "memory", "compute_seconds": flops_s,
+          "memory_seconds": bytes_s, "peak_flops_per_second": peak[0], "hbm_bytes_per_second": peak[1]}
+
+
+def kv_cache_bytes_per_slot(model_cfg, max_len: int, dtype) -> int:
+  """Bytes of one slot's KV cache over all devices: keys and values of every layer, the validity mask and the
+  write offset."""
+  return 2 * model_cfg.num_layers * max_len * model_cfg.num_kv_heads * model_cfg.head_dim * \
+      jnp.dtype(dtype).itemsize + max_len + 4
+
+
+def benchmark_time(step_seconds: dict, slots: int, samples: int, mean_new_tokens: int, max_new_tokens: int,
+                   settings: int = 1) -> dict:
+  """Wall time of `samples` samples per setting decoded on `slots` slots, at the estimated step time.
+
+  Continuous batching keeps every slot busy, so a setting takes samples x mean_new_tokens / slots steps; a step
+  costs the same however full the cache is (attention reads every row to max_len). Prefill is neglected: one
+  forward per prompt of at most ~2k tokens, ~2 x params x tokens flops, under a minute per setting on any of these
+  topologies. The drain at the end (fewer busy slots) adds at most max_new_tokens steps (`drain_hours_max`).
+  """
+  steps = math.ceil(samples * mean_new_tokens / slots)
+  hours = lambda s: None if s is None else round(steps * s / 3600, 2)  # noqa: E731
+  out = {"samples_per_setting": samples, "mean_new_tokens": mean_new_tokens, "decode_steps_per_setting": steps,
+         "hours_per_setting": hours(step_seconds["seconds"]),
+         "hours_per_setting_floor": hours(step_seconds["floor_seconds"]), "settings": settings,
+         "hours_all_settings": None if step_seconds["seconds"] is None else
+         round(settings * steps * step_seconds["seconds"] / 3600, 2),
+         "drain_hours_max": None if step_seconds["seconds"] is None else
+         round(max_new_tokens * step_seconds["seconds"] / 3600, 2),
+         "prefill": "neglected"}
+  if step_seconds["seconds"]:
+    out["tokens_per_second"] = round(slots / step_seconds["seconds"], 1)
+  return out
+
+
+def evaluate_stage(model_cfg, dtype, mesh, hbm: int | None, slots: int, max_len: int, steering_plan,
+                   n_features: int = 1, samples: int = sum(PAPER_BENCHMARKS.values()), settings: int = 1,
+                   mean_new_tokens: int = MEAN_NEW_TOKENS, max_new_tokens: int | None = None, search: bool = True,
+                   log=None) -> dict:
+  """The evaluate stage: the steered decode step compiled at `slots` (0: the largest that fits, at most
+  MAX_AUTO_SLOTS as the engine caps it), its bytes, fit and step time, the largest slot count that fits, and
+  the benchmarks' wall time at the stage's slots.
+
+  The largest fit is searched over multiples of the data shards (slots split over data x fsdp): from the bytes
+  of a count that fits, the remaining room at TIGHT x HBM is filled at the cache's bytes per slot, and the
+  count found compiled to confirm, the line through the measured counts refining it (`_max_slots`; 2-3
+  compiles). `search=False` skips this when `slots` is given.
+  """
+  device_kind = mesh.devices.flat[0].device_kind
+  shards = shd.data_shards(mesh)
+  if slots:
+    shd.check_batch_splits(slots, mesh, "the decode batch (engine.slots)")
+  compiled = {}
+
+  def at(n):
+    if n not in compiled:
+      start = time.time()
+      compiled[n] = stage_stats(lambda: compile_evaluate(model_cfg, dtype, n, max_len, steering_plan, mesh,
+                                                         n_features), hbm)
+      if log:
+        log(f"evaluate: {n} slots compiled in {time.time() - start:.0f} s")
+    return compiled[n]
+
+  def total(n):
+    b = at(n)["bytes_per_device"]
+    return None if b is None else b["total"]
+
+  found = None
+  if hbm is not None and (search or not slots):
+    found = _max_slots(at, total, shards, hbm, slots, _cache_bytes_per_slot_per_device(model_cfg, dtype, max_len,
+                                                                                       mesh))
+  if found is not None and found["slots"]:
+    found.setdefault("bytes_per_device", total(found["slots"]))
+    found.setdefault("hbm_used", round(total(found["slots"]) / hbm, 3))
+  if not slots:
+    slots = min(found["slots"], MAX_AUTO_SLOTS // shards * shards) if found and found["slots"] else shards
+  stats = at(slots)
+  if found is not None:  # every slot count compiled: per-device total bytes (None: XLA refused it)
+    found["compiled"] = {str(n): total(n) for n in sorted(compiled)}
+  timing = step_time(stats, device_kind)
+  return {"slots": slots, "max_len": max_len, "cache_dtype": jnp.dtype(dtype).name,
+          "kv_cache_bytes_per_slot": kv_cache_bytes_per_slot(model_cfg, max_len, dtype),
+          "tokens_per_step": slots, **stats, "step_seconds": timing, "max_slots": found,
+          "benchmarks": benchmark_time(timing, slots, samples, mean_new_tokens, max_new_tokens or max_len, settings)}
+
+
+def _max_slots(at, total, shards: int, hbm: int, slots: int, cache_per_slot: float) -> dict:
+  """{"slots": the largest multiple of `shards` whose step fits TIGHT x `hbm` (0: not even `shards`), and the
+  measured per-device bytes per slot}.
+
+  From a count that fits (`slots`, else `shards`), the next guess spends the remaining budget at
+  `cache_per_slot` per-device bytes per slot (the KV cache's shards); once two counts are compiled, the line
+  through the two largest replaces it (the step's per-slot temporaries and tile padding included). A few
+  compiles at most.
+  """
+  budget = TIGHT * hbm
+  fits = lambda n: total(n) is not None and total(n) <= budget  # noqa: E731
+  out = {"budget_bytes_per_device": int(budget), "slots": 0}
+  best, ceiling, per_slot = None, None, None  # ceiling: the smallest count known not to fit
+  for n in ([slots] if slots > shards else []) + [shards]:
+    if fits(n):
+      best = n
+      break
+    ceiling = n
+  if best is None:
+    return out
+  tried, slope = [best], cache_per_slot
+  for _ in range(4):
+    guess = best + int((budget - total(best)) / slope) // shards * shards
+    if ceiling is not None:
+      guess = min(guess, ceiling - shards)
+    if guess <= best or guess in tried:
+      break
+    tried.append(guess)
+    if fits(guess):
+      best = guess
+    else:
+      ceiling = guess if ceiling is None else min(ceiling, guess)
+    known = sorted(n for n in tried if total(n) is not None)
+    if len(known) > 1 and total(known[-1]) > total(known[-2]):
+      per_slot = slope = (total(known[-1]) - total(known[-2])) / (known[-1] - known[-2])
+  return {**out, "slots": best, "bytes_per_slot_per_device": None if per_slot is None else int(per_slot)}
+
+
+def _cache_bytes_per_slot_per_device(model_cfg, dtype, max_len: int, mesh) -> float:
+  """Per-device bytes one more slot per data shard adds to the KV cache, from its shardings (no tile padding)."""
+  from sae_jax.models.inference import cache_shardings
+  shards = shd.data_shards(mesh)
+
+  def per_device(slots):
+    place = cache_shardings(model_cfg, mesh, slots, max_len)
+    kv = (slots, max_len, model_cfg.num_kv_heads, model_cfg.head_dim)
+    shapes = [(s.shard_shape(kv), jnp.dtype(dtype).itemsize) for s in (*place.k, *place.v)]
+    shapes += [(place.valid.shard_shape((slots, max_len)), 1), (place.offset.shard_shape((slots,)), 4)]
+    return sum(math.prod(shape) * size for shape, size in shapes)
+
+  return (per_device(2 * shards) - per_device(shards)) / shards
+
+
 # ---- a whole config ----
 
 
-def plan(c, devices, stages=STAGES) -> dict:
+def plan(c, devices, stages=STAGES, mean_new_tokens: int = MEAN_NEW_TOKENS, log=None) -> dict:
   """Compiles `stages` of the run config `c` (configs/*.py) for `devices` (from `topology_devices`).
 
   The mesh is `c.mesh` over those devices. Returns per stage the compile time, per-device bytes, whether
   they fit the chip's HBM, and flops / bytes accessed per step; `runs` adds up the stages a launch script
-  keeps on the devices together.
+  keeps on the devices together. `evaluate` (sections model, engine, sampling, steering) adds the step time,
+  the largest slot count that fits and the benchmarks' wall time at `mean_new_tokens` per sample
+  (`evaluate_stage`); the other stages read sae, data, trainer and activations.
   """
   from sae_jax.runs import section
   unknown = [s for s in stages if s not in STAGES]
@@ -202,23 +418,18 @@ def plan(c, devices, stages=STAGES) -> dict:
   except UserError as e:
     raise UserError(f"{e} on the topology: set --config.mesh.data/fsdp/model (one may be -1)") from None
   hbm = hbm_bytes(devices[0])
-  sae_cfg, model, data = section(c, "sae"), section(c, "model"), section(c, "data")
-  rows, context = data.store_batch_rows, data.context_size
+  model = section(c, "model")
   out = {"devices": len(devices), "device_kind": devices[0].device_kind,
          "hbm_per_device": hbm if hbm is not None else "unknown",
          "mesh": {k: int(v) for k, v in mesh.shape.items()}}
   done = {}
+  pipeline = [s for s in stages if s != "evaluate"]
+  if pipeline:
+    sae_cfg, data = section(c, "sae"), section(c, "data")
+    rows, context = data.store_batch_rows, data.context_size
   if "collect" in stages:
-    if not model.path:
-      raise UserError("config.model.path is empty: the collect stage needs the model (--config.model.path)")
-    model_cfg = model.peek()
-    if model_cfg is None:
-      raise UserError(f"the shape of model {model.path!r} is unknown offline: pass a local HF dir, converted "
-                      f"checkpoint dir or .gguf file as --config.model.path (known hub ids: "
-                      f"{', '.join(_known_ids())})")
+    model_cfg = _peek(model, "collect", out)
     sae_cfg.check_width(model_cfg.hidden_size)
-    out["model"] = {"source": model.path, "dtype": model.dtype, "hidden_size": model_cfg.hidden_size,
-                    "num_layers": model_cfg.num_layers}
     done["collect"] = {"tokens_per_step": rows * context, **stage_stats(lambda: compile_collect(
         model_cfg, jnp.dtype(model.dtype), sae_cfg.hook_layer, sae_cfg.hook_site, rows, context, mesh), hbm)}
   if "train_sae" in stages:
@@ -229,11 +440,59 @@ def plan(c, devices, stages=STAGES) -> dict:
   if "reason_score" in stages:
     done["reason_score"] = {"tokens_per_step": rows * context, **stage_stats(
         lambda: compile_reason_score(sae_cfg, rows, context, mesh), hbm)}
+  if "evaluate" in stages:
+    done["evaluate"] = _evaluate_from_config(c, model, _peek(model, "evaluate", out), mesh, hbm, mean_new_tokens,
+                                             log)
   for name, stage in done.items():
     if stage["fits"] is False:
       stage["advice"] = _ADVICE[name]
-  return {**out, "stages": done, "runs": runs(done, sae_cfg, hbm, data, section(c, "trainer"),
-                                             from_cache=bool(section(c, "activations").cache_dir))}
+  report = {**out, "stages": done, "runs": {}}
+  if pipeline:
+    report["runs"] = runs(done, sae_cfg, hbm, data, section(c, "trainer"),
+                          from_cache=bool(section(c, "activations").cache_dir))
+  return report
+
+
+def _peek(model, stage: str, out: dict):
+  """The ModelConfig of the config's model (its shape only), noted in the report `out`."""
+  if not model.path:
+    raise UserError(f"config.model.path is empty: the {stage} stage needs the model (--config.model.path)")
+  model_cfg = model.peek()
+  if model_cfg is None:
+    raise UserError(f"the shape of model {model.path!r} is unknown offline: pass a local HF dir, converted "
+                    f"checkpoint dir or .gguf file as --config.model.path (known hub ids: "
+                    f"{', '.join(_known_ids())})")
+  out["model"] = {"source": model.path, "dtype": model.dtype, "hidden_size": model_cfg.hidden_size,
+                  "num_layers": model_cfg.num_layers}
+  return model_cfg
+
+
+def _evaluate_from_config(c, model, model_cfg, mesh, hbm, mean_new_tokens: int, log) -> dict:
+  """`evaluate_stage` for the eval config: engine.slots (0: the largest that fits), a cache of engine.max_len
+  tokens (0: sampling.max_new_tokens; the engine adds the longest prompt), the steering section's plan (layer
+  -1: sae.hook_layer) with its features per setting, the paper's benchmarks x sampling.samples."""
+  from sae_jax.runs import section
+  from sae_jax.steering import SteeringPlan
+  engine, sampling, steering = section(c, "engine"), section(c, "sampling"), section(c, "steering")
+  max_len = engine.max_len or sampling.max_new_tokens
+  if mean_new_tokens < 1 or mean_new_tokens > max_len:
+    raise UserError(f"the mean generated length {mean_new_tokens} must be in [1, {max_len}] (the cache's tokens)")
+  steer_plan, n_features, settings = None, 1, 1
+  if steering.features:
+    layer = steering.layer if steering.layer >= 0 else int(c.sae.hook_layer)
+    model_cfg.validate_layer(layer)
+    steer_plan = SteeringPlan(layer=layer, site=steering.site, method=steering.method)
+    groups = 1 if steering.together else len(steering.features)
+    n_features = len(steering.features) if steering.together else 1
+    settings = groups * len(steering.strengths) + int(steering.baseline)
+  stage = evaluate_stage(model_cfg, jnp.dtype(model.dtype), mesh, hbm, engine.slots, max_len, steer_plan,
+                         n_features, samples=sum(PAPER_BENCHMARKS.values()) * sampling.samples, settings=settings,
+                         mean_new_tokens=mean_new_tokens, max_new_tokens=sampling.max_new_tokens, log=log)
+  stage["benchmarks"]["problems"] = dict(PAPER_BENCHMARKS)
+  stage["benchmarks"]["samples_per_problem"] = sampling.samples
+  stage["steering"] = None if steer_plan is None else {"layer": steer_plan.layer, "site": steer_plan.site,
+                                                       "method": steer_plan.method, "features": n_features}
+  return stage
 
 
 def runs(stages: dict, sae_cfg, hbm, data, trainer, from_cache: bool = False) -> dict:
@@ -281,6 +540,9 @@ def fit_warnings(report: dict) -> list[str]:
     elif part.get("hbm_used", 0) > TIGHT:
       lines.append(f"{name} fits only just: {part['hbm_used']:.0%} of the nominal HBM, and the runtime keeps some "
                    "for itself")
+    if (part.get("max_slots") or {}).get("slots") == 0:
+      lines.append(f"{name}: not even {report['mesh']['data'] * report['mesh']['fsdp']} slot(s) of "
+                   f"{part['max_len']} tokens fit; {_ADVICE[name]}")
   return lines
 
 

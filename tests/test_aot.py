@@ -1,13 +1,16 @@
 """AOT compilation for a TPU topology (compile-only v5e:2x2 devices from libtpu, no TPU): the per-device bytes of
 the paper's steps against sums computed here from the published shapes and the sharding rules; fit / no fit;
-the launch script on the demo config; clear errors."""
+the steered decode step's bytes, step time, largest slot count and benchmark time; the launch script on the demo
+config; clear errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from conftest import REPO
@@ -15,6 +18,9 @@ from conftest import REPO
 from configs import demo_smollm2, paper_r1_llama8b_l19
 from sae_jax import aot
 from sae_jax.errors import UserError
+from sae_jax.models import sharding as shd
+from sae_jax.models.config import KNOWN_HF_CONFIGS, ModelConfig
+from sae_jax.steering import SteeringPlan
 
 GIB = 2**30
 TPU_SCALAR_BYTES = 512  # the smallest TPU buffer: each scalar argument takes 512 bytes
@@ -111,6 +117,106 @@ def test_errors(v5e, monkeypatch):
     aot.topology_devices("v5e:2x2")
 
 
+# The steered decode step of R1-Distill-Llama-8B's attention and width (d 4096, 32 heads, 8 KV heads of 128) on 2
+# layers, a 4096-wide MLP and a 512-token vocabulary (the sampler's sort over the vocabulary dominates the compile
+# time): it compiles in seconds. Its cache is the paper's 32,768 tokens per slot.
+SMALL = {**KNOWN_HF_CONFIGS["deepseek-ai/DeepSeek-R1-Distill-Llama-8B"], "num_hidden_layers": 2,
+         "intermediate_size": 4096, "vocab_size": 512}
+MAX_LEN = 32768
+TINY_HBM = 2 * GIB  # a chip of 2 GiB: 28 slots of 32k tokens fit, so the search stays small
+
+
+def _small_weight_bytes_per_device(model_shards: int) -> int:
+  """bfloat16 bytes of SMALL per device on model=model_shards: every matrix splits on model, norms replicated."""
+  vocab, mlp, layers, kv = 512, 4096, 2, 8 * 128
+  matrices = 2 * vocab * D + layers * (2 * D * D + 2 * D * kv + 3 * D * mlp)
+  return 2 * (matrices // model_shards + (2 * layers + 1) * D)
+
+
+def _evaluate(v5e, slots, search=True):
+  return aot.evaluate_stage(ModelConfig.from_hf_dict(SMALL), jnp.bfloat16, shd.make_mesh(1, 1, 4, devices=v5e),
+                            TINY_HBM, slots, MAX_LEN, SteeringPlan(layer=1), search=search)
+
+
+def test_evaluate_stage_bytes_step_time_and_max_slots(v5e):
+  """model=4 splits the 8 KV heads of every slot's cache in 4; the step time is the roofline of XLA's costs; the
+  largest slot count that fits 95% of the chip is what the weights and the per-slot cache leave room for."""
+  stage = _evaluate(v5e, 8)
+  per_slot = 2 * 2 * MAX_LEN * 8 * 128 * 2  # keys and values of 2 layers, bfloat16
+  assert stage["kv_cache_bytes_per_slot"] == per_slot + MAX_LEN + 4  # + the validity mask and the offset
+  assert stage["cache_dtype"] == "bfloat16" and stage["slots"] == stage["tokens_per_step"] == 8
+  weights, cache = _small_weight_bytes_per_device(4), 8 * per_slot // 4
+  b = stage["bytes_per_device"]
+  # The valid mask [8, 32k] is replicated (data=1); the steering args, tokens and sampler args are tiny.
+  assert weights + cache + 8 * MAX_LEN <= b["arguments"] < weights + cache + 8 * MAX_LEN + 2**20
+  assert b["aliased"] >= cache  # the cache is donated: updated in place
+  assert stage["fits"] is True and stage["hbm_per_device"] == TINY_HBM
+  # At least the matmuls of 8 tokens through 2 layers and the LM head, split in 4.
+  assert stage["flops_per_device"] >= 2 * 8 * (2 * (2 * D * D + 2 * D * 1024 + 3 * D * 4096) + D * 512) / 4
+
+  t = stage["step_seconds"]
+  peak_flops, bandwidth = aot.PEAK["TPU v5 lite"]
+  assert (peak_flops, bandwidth) == (197e12, 819e9) == (t["peak_flops_per_second"], t["hbm_bytes_per_second"])
+  assert t["xla_seconds"] == max(stage["flops_per_device"] / peak_flops,
+                                 stage["bytes_accessed_per_device"] / bandwidth)
+  assert t["floor_seconds"] == b["arguments"] / bandwidth > (weights + cache) / bandwidth  # each byte read once
+  assert t["seconds"] == max(t["xla_seconds"], t["floor_seconds"]) and t["bound"] == "memory"
+
+  found = stage["max_slots"]
+  budget = aot.TIGHT * TINY_HBM
+  assert found["budget_bytes_per_device"] == int(budget)
+  # Weights and cache alone cap the count; the step's own temporaries and code take at most one slot more.
+  cap = int((budget - weights) // (per_slot // 4))
+  assert cap - 1 <= found["slots"] <= cap and found["slots"] == 28
+  assert found["bytes_per_device"] <= budget and found["compiled"][str(found["slots"])] == found["bytes_per_device"]
+  assert per_slot // 4 <= found["bytes_per_slot_per_device"] < 1.05 * per_slot // 4
+  assert len(found["compiled"]) <= 5  # 1, 8, then the line's guesses
+
+  bench = stage["benchmarks"]
+  steps = math.ceil(728 * aot.MEAN_NEW_TOKENS / 8)  # AIME 30 + MATH-500 500 + GPQA Diamond 198, k = 1
+  assert bench["samples_per_setting"] == 728 and bench["decode_steps_per_setting"] == steps
+  assert bench["hours_per_setting"] == round(steps * t["seconds"] / 3600, 2)
+  assert bench["hours_per_setting_floor"] == round(steps * t["floor_seconds"] / 3600, 2)
+  assert bench["drain_hours_max"] == round(MAX_LEN * t["seconds"] / 3600, 2)
+
+
+def test_evaluate_stage_too_many_slots(v5e):
+  """32 slots of 32k tokens need 2 GiB of cache per device on model=4: no fit on a 2 GiB chip."""
+  stage = _evaluate(v5e, 32, search=False)
+  need = _small_weight_bytes_per_device(4) + 32 * (2 * 2 * MAX_LEN * 8 * 128 * 2) // 4
+  assert need > TINY_HBM and stage["bytes_per_device"]["total"] > need
+  assert stage["fits"] is False and stage["hbm_used"] > 1 and stage["max_slots"] is None
+
+
+def test_plan_evaluate_from_the_paper_eval_config(v5e, tmp_path, monkeypatch):
+  """The eval config's sections: the steering setting (1 feature, plus the baseline: 2 settings), slots 0 = the
+  most that fit; a 2 GiB chip; the compiles are those of the test above (same shapes)."""
+  from configs import eval_paper_r1_llama8b
+  (tmp_path / "config.json").write_text(json.dumps(SMALL))
+  monkeypatch.setitem(aot.HBM_BYTES, "TPU v5 lite", TINY_HBM)
+  c = eval_paper_r1_llama8b.get_config()
+  c.model.path = str(tmp_path)
+  c.mesh.update(data=1, model=4)
+  c.steering.layer = 1
+  report = aot.plan(c, v5e, ("evaluate",), mean_new_tokens=4000)
+  stage = report["stages"]["evaluate"]
+  assert report["runs"] == {} and report["model"]["num_layers"] == 2
+  assert stage["steering"] == {"layer": 1, "site": "resid_post", "method": "intervention", "features": 1}
+  assert stage["slots"] == stage["max_slots"]["slots"] == 28 and stage["max_len"] == MAX_LEN and stage["fits"]
+  bench = stage["benchmarks"]
+  assert bench["settings"] == 2 and bench["problems"] == {"aime24": 30, "math500": 500, "gpqa_diamond": 198}
+  assert bench["decode_steps_per_setting"] == math.ceil(728 * 4000 / 28)
+  assert bench["hours_all_settings"] == round(2 * bench["decode_steps_per_setting"] *
+                                              stage["step_seconds"]["seconds"] / 3600, 2)
+  assert aot.fit_warnings(report) == []
+  with pytest.raises(UserError, match=r"mean generated length 40000 must be in \[1, 32768\]"):
+    aot.plan(c, v5e, ("evaluate",), mean_new_tokens=40000)
+  c.mesh.update(data=4, model=1)
+  c.engine.slots = 6
+  with pytest.raises(UserError, match="decode batch .* of 6 rows does not split over data x fsdp = 4"):
+    aot.plan(c, v5e, ("evaluate",))
+
+
 def test_known_hub_ids_have_the_published_sizes(assets):
   import jax.numpy as jnp
   from flax import nnx
@@ -147,7 +253,8 @@ def test_launch_demo_config(assets, tmp_path):
   assert report == json.load(open(out))
   flags = json.load(open(out.parent / "run.json"))["flags"]
   assert flags["topology"] == "v5e:2x2" and flags["config"]["model"]["path"] == assets.smollm2_hf
-  assert report["mesh"] == {"data": 4, "fsdp": 1, "model": 1} and set(report["stages"]) == set(aot.STAGES)
+  assert report["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
+  assert set(report["stages"]) == {"collect", "train_sae", "reason_score"}  # the default --stages
   c = demo_smollm2.get_config()
   # SmolLM2-135M in bfloat16, replicated: every layer's weights are arguments (the step reads layer 0 only).
   weights = 2 * (49152 * 576 + 30 * (576 * 576 * 2 + 576 * 192 * 2 + 3 * 576 * 1536 + 2 * 576) + 576)
@@ -164,3 +271,8 @@ def test_launch_errors(tmp_path):
   proc = _launch("--topology=v9z:2x2", "--config=" + os.path.join(REPO, "configs", "paper_r1_llama8b_l19.py"))
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown TPU topology 'v9z:2x2'")
+  proc = _launch("--topology=v5e:2x2", "--config=" + os.path.join(REPO, "configs", "eval_paper_r1_llama8b.py"),
+                 "--stages=evaluate", "--mean_new_tokens=40000")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == ("error: the mean generated length 40000 must be in [1, 32768] "
+                                                  "(the cache's tokens)")

@@ -35,7 +35,8 @@ OVERRIDES = {
 SCRIPTS = {
     "collect_activations.py": ((DEMO,), ("model", "mesh", "data", "sae")),
     "train_sae.py": ((DEMO,), ("model", "mesh", "data", "activations", "sae", "trainer", "eval")),
-    "aot_compile.py": ((DEMO,), ("model", "mesh", "data", "activations", "sae", "trainer")),
+    "aot_compile.py": ((DEMO,), ("model", "mesh", "data", "activations", "sae", "trainer", "engine", "sampling",
+                                "steering")),
     "reason_score.py": ((), ("model", "mesh", "data", "activations", "hook", "reasonscore")),
     "dashboard.py": ((), ("model", "mesh", "data", "hook", "reasonscore", "dashboard", "autointerp")),
     "diff_models.py": ((), ("model", "mesh", "data", "activations", "hook", "reasonscore", "diff")),

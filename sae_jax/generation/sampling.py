@@ -36,32 +36,54 @@ def _stable_hash(text: str) -> int:
   return h & 0x7FFFFFFF
 
 
+def _ordered(x: jax.Array) -> jax.Array:
+  """float32 -> uint32 with the same order (so a threshold can be bisected bit by bit)."""
+  u = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(1 << 31))
+
+
+def _largest_threshold(keys: jax.Array, enough) -> jax.Array:
+  """The largest uint32 t with enough(keys >= t), for `enough` monotone (true at t = 0): 32 halvings of [0, 2^32).
+
+  Each step is one pass over the vocabulary, so a row costs 32 passes instead of a sort (slow on CPU)."""
+
+  def step(i, t):
+    bit = jnp.uint32(1) << (31 - i).astype(jnp.uint32)
+    return jnp.where(enough(keys >= (t | bit)), t | bit, t)
+
+  return jax.lax.fori_loop(0, 32, step, jnp.uint32(0))
+
+
 def filter_logits(logits: jax.Array, temperature, top_p, top_k) -> jax.Array:
   """logits [V] / temperature with everything outside the top-k and the top-p nucleus set to -inf.
 
-  top-k keeps the k largest (ties at the k-th value kept); top-p keeps the smallest prefix of tokens sorted
-  by probability whose mass reaches top_p (the token that crosses it included), as vLLM and HF do.
+  top-k keeps the k largest (ties at the k-th value kept); top-p then keeps the smallest set of most likely
+  tokens whose mass reaches top_p (the token that crosses it included; ties at the boundary kept), as vLLM and
+  HF do. Both thresholds are found by bisection, without sorting the vocabulary.
   """
   scaled = logits / jnp.maximum(temperature, 1e-6)
-  order = jnp.argsort(-scaled)
-  ranked = scaled[order]
-  vocab = logits.shape[-1]
-  kth = ranked[jnp.clip(top_k - 1, 0, vocab - 1)]
-  keep = jnp.where(top_k > 0, scaled >= kth, True)
-  probs = jax.nn.softmax(jnp.where(jnp.where(top_k > 0, ranked >= kth, True), ranked, -jnp.inf))
-  before = jnp.cumsum(probs) - probs  # mass of the tokens ranked above each one
-  in_nucleus_ranked = before < top_p
-  in_nucleus = jnp.zeros((vocab,), bool).at[order].set(in_nucleus_ranked)
-  keep = keep & jnp.where(top_p < 1.0, in_nucleus, True)
+  keys = _ordered(scaled)
+  kth = _largest_threshold(keys, lambda kept: jnp.sum(kept) >= top_k)
+  keep = jnp.where(top_k > 0, keys >= kth, True)
+  probs = jax.nn.softmax(jnp.where(keep, scaled, -jnp.inf))
+  pkeys = _ordered(probs)
+  cut = _largest_threshold(pkeys, lambda kept: jnp.sum(jnp.where(kept, probs, 0.0)) >= top_p)
+  keep = keep & jnp.where(top_p < 1.0, pkeys >= cut, True)
   return jnp.where(keep, scaled, -jnp.inf)
 
 
 def sample(logits: jax.Array, args: SamplerArgs) -> jax.Array:
-  """Next tokens [B] from float32 logits [B, V]: argmax where temperature is 0, else a filtered draw."""
+  """Next tokens [B] from float32 logits [B, V]: argmax where temperature is 0, else a filtered draw.
+
+  A batch with no sampled row (all greedy) skips the filters and the random draws entirely."""
 
   def one(row, temperature, top_p, top_k, key, step):
     key = jax.random.fold_in(key, step)
     drawn = jax.random.categorical(key, filter_logits(row, temperature, top_p, top_k))
     return jnp.where(temperature > 0, drawn, jnp.argmax(row))
 
-  return jax.vmap(one)(logits, args.temperature, args.top_p, args.top_k, args.key, args.step).astype(jnp.int32)
+  def draw(logits):
+    return jax.vmap(one)(logits, args.temperature, args.top_p, args.top_k, args.key, args.step).astype(jnp.int32)
+
+  greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)  # noqa: E731
+  return jax.lax.cond(jnp.any(args.temperature > 0), draw, greedy, logits)
