@@ -18,6 +18,7 @@ def _evaluate(out, *overrides, model):
       [sys.executable, os.path.join(REPO, "launch", "evaluate.py"),
        "--config=" + os.path.join(REPO, "configs", "eval_demo_smollm2.py"), f"--config.model.path={model}",
        "--config.tasks.limit=3", "--config.sampling.max_new_tokens=12", "--config.engine.slots=2",
+       "--config.sampling.temperature=0.7", "--config.sampling.top_p=0.9",  # sampled: resume must replay the keys
        "--config.engine.max_len=128", "--config.steering.strengths=(4.0,)", f"--out={out}", "--verbosity=-1",
        *overrides], capture_output=True, text=True, env=ENV, timeout=600)
 
