@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sae_jax.io import MARKER
 from sae_jax.models import checkpoint
 from sae_jax.models import sharding as shd
 from sae_jax.models.loading import load_model
@@ -24,7 +25,7 @@ def test_round_trip_bit_exact_and_onto_another_mesh(tiny_hf_dir, tmp_path):
   for dtype in (jnp.float32, jnp.bfloat16):
     model = load_model(path, dtype, mesh=shd.make_mesh(1, 8, 1))
     out = checkpoint.save(str(tmp_path / f"ckpt_{jnp.dtype(dtype).name}"), model, hf_cfg)
-    assert sorted(os.listdir(out)) == ["config.json", "params"]
+    assert sorted(os.listdir(out)) == [MARKER, "config.json", "params"]
     for mesh in (shd.make_mesh(devices=jax.devices()[:1]), shd.make_mesh(2, 1, 4)):
       restored = checkpoint.restore(out, mesh=mesh)
       assert restored.dtype == dtype

@@ -18,13 +18,14 @@ from sae_jax.models.loading import abstract_model, load_model, peek_config
 from sae_jax.models.transformer import Transformer
 
 DTYPES = ("bfloat16", "float32")
+KIND = "converted model"  # the marker kind of its output dirs (sae_jax.io.replaced_dir)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json", "tokenizer.model")
 
 
 def save(out_dir: str, model: Transformer, hf_config: dict, tokenizer_dir: str | None = None) -> str:
   """Writes the checkpoint into a temp dir beside `out_dir`, then renames: complete or absent."""
-  with sio.replaced_dir(out_dir) as tmp:
+  with sio.replaced_dir(out_dir, KIND) as tmp:
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, "params"), params)
