@@ -57,12 +57,17 @@ def main(sections, stage, required=("sae", "out"), out_dir=lambda c: FLAGS.out) 
 
 def config(sections):
   """The run config; with --print_config, prints `sections` resolved by `sae_jax.runs` and exits."""
-  if FLAGS.config is None:
+  c = FLAGS.config
+  try:
+    c and c.keys()
+  except OSError as e:  # ml_collections defers a config file it could not load to the first read
+    raise UserError(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}") from None
+  if c is None:
     raise UserError("--config is required (a configs/*.py file)")
   if FLAGS.print_config:
     print(json.dumps(runs.resolved(FLAGS.config, sections), indent=1, default=str))
     raise SystemExit(0)
-  return FLAGS.config
+  return c
 
 
 def given() -> frozenset:

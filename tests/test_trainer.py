@@ -128,6 +128,11 @@ def test_bad_trainer_and_sae_values_are_refused():
       TrainerOptions(out_dir="x", **{key: value})
   with pytest.raises(UserError, match=r"buffer_half_tokens=16 is smaller than one batch \(sae.batch_size=32\)"):
     TrainerOptions(out_dir="x", buffer_half_tokens=16).check(_cfg())
+  from sae_jax.sae.trainer import check_mesh
+  with pytest.raises(UserError, match=r"sae.d_sae=66 latents do not split over the model axis \(4 devices\)"):
+    check_mesh(SAEConfig(**{**_cfg().to_dict(), "d_sae": 66}), shd.make_mesh(2, 1, 4))
+  with pytest.raises(UserError, match=r"sae.batch_size\) of 30 rows does not split over data x fsdp = 8"):
+    check_mesh(SAEConfig(**{**_cfg().to_dict(), "batch_size": 30}), shd.make_mesh(8, 1, 1))
 
 
 @pytest.mark.parametrize("architecture", ["standard", "topk", "batchtopk", "jumprelu"])

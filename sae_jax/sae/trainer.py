@@ -144,6 +144,15 @@ def state_shardings(cfg: SAEConfig, mesh) -> tuple:
       transform_non_params=lambda a: shardings["b_enc"] if a.shape == (cfg.d_sae,) else replicated)
 
 
+def check_mesh(cfg: SAEConfig, mesh) -> None:
+  """The batch splits over the data axes and the latents over `model`: said here, not in an XLA traceback."""
+  shd.check_batch_splits(cfg.batch_size, mesh, "an SAE batch (sae.batch_size)")
+  n = int(mesh.shape["model"])
+  if cfg.d_sae % n:
+    raise UserError(f"sae.d_sae={cfg.d_sae} latents do not split over the model axis ({n} devices): make it a "
+                    f"multiple of {n}")
+
+
 def init_state_fn(cfg: SAEConfig, mesh):
   """jitted key -> (params, opt_state) at step 0, placed by `state_shardings`."""
   return jax.jit(lambda k: init_train_state(cfg, k), out_shardings=state_shardings(cfg, mesh))
@@ -260,6 +269,7 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
   opts.check(cfg)
   os.makedirs(opts.out_dir, exist_ok=True)
   mesh = mesh or shd.make_mesh(devices=jax.devices()[:1])
+  check_mesh(cfg, mesh)
   jit_step = make_jit_step(cfg, mesh)
   manager = _manager(opts)
 
