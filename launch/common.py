@@ -23,10 +23,13 @@ SAE_HELP = "SAE dir in SAELens format (ours or e.g. the paper's released SAE)."
 def define_config(sections, default: str | None = None, sae: str | None = None, out: str | None = None) -> None:
   """--config (a configs/*.py file, default `configs/<default>`), --print_config (`sections` as read), and the
   path flags --sae and --out when their help is given."""
-  config_flags.DEFINE_config_file(
-      "config", os.path.join(CONFIGS, default) if default else None,
-      f"Run config (configs/*.py{'; default configs/' + default if default else ''}); override any key with "
-      f"--config.<section>.<key>=value. Read here: {', '.join(sections)}.", lock_config=True)
+  try:  # with a default file, the overrides in sys.argv are applied here already
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(CONFIGS, default) if default else None,
+        f"Run config (configs/*.py{'; default configs/' + default if default else ''}); override any key with "
+        f"--config.<section>.<key>=value. Read here: {', '.join(sections)}.", lock_config=True)
+  except (AttributeError, KeyError):
+    _exit_unknown_keys(sys.argv)
   flags.DEFINE_bool("print_config", False, f"Print the sections this script reads ({', '.join(sections)}) as the run "
                     "sees them, then exit without running.")
   if sae:
@@ -57,12 +60,17 @@ def main(sections, stage, required=("sae", "out"), out_dir=lambda c: FLAGS.out) 
 
 def config(sections):
   """The run config; with --print_config, prints `sections` resolved by `sae_jax.runs` and exits."""
-  if FLAGS.config is None:
+  c = FLAGS.config
+  try:
+    c and c.keys()
+  except OSError as e:  # ml_collections defers a config file it could not load to the first read
+    raise UserError(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}") from None
+  if c is None:
     raise UserError("--config is required (a configs/*.py file)")
   if FLAGS.print_config:
     print(json.dumps(runs.resolved(FLAGS.config, sections), indent=1, default=str))
     raise SystemExit(0)
-  return FLAGS.config
+  return c
 
 
 def given() -> frozenset:
@@ -77,12 +85,17 @@ def _parse_flags(argv):
     print(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
     sys.exit(1)
   except (AttributeError, KeyError):
-    keys = set(_flat_keys(runs.default_config()))
-    given = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
-    unknown = [k for k in given if k not in keys] or given
-    print(f"error: unknown config key {', '.join(unknown)}: see the keys with --print_config or configs/default.py",
-          file=sys.stderr)
-    sys.exit(2)
+    _exit_unknown_keys(argv)
+
+
+def _exit_unknown_keys(argv):
+  """The `--config.<key>` of `argv` the config lacks, as one error line (exit 2)."""
+  keys = set(_flat_keys(runs.default_config()))
+  given = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+  unknown = [k for k in given if k not in keys] or given
+  print(f"error: unknown config key {', '.join(unknown)}: see the keys with --print_config or configs/default.py",
+        file=sys.stderr)
+  sys.exit(2)
 
 
 def _flat_keys(c, prefix=""):

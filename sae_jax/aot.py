@@ -433,7 +433,8 @@ def plan(c, devices, stages=STAGES, mean_new_tokens: int = MEAN_NEW_TOKENS, log=
     done["collect"] = {"tokens_per_step": rows * context, **stage_stats(lambda: compile_collect(
         model_cfg, jnp.dtype(model.dtype), sae_cfg.hook_layer, sae_cfg.hook_site, rows, context, mesh), hbm)}
   if "train_sae" in stages:
-    shd.check_batch_splits(sae_cfg.batch_size, mesh, "an SAE batch (sae.batch_size)")
+    from sae_jax.sae.trainer import check_mesh
+    check_mesh(sae_cfg, mesh)
     with jax.default_matmul_precision(section(c, "trainer").matmul_precision):
       done["train_sae"] = {"tokens_per_step": sae_cfg.batch_size,
                            **stage_stats(lambda: compile_train_sae(sae_cfg, mesh), hbm)}

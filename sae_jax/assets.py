@@ -460,7 +460,7 @@ def _tiktoken_ranks(cache_dir: str, wheel_spec: tuple, n_ranks: int) -> tuple[by
 def _write_tokenizer_asset(target: str, wheel_spec: tuple, tok, config: dict, ranks_name: str, data: bytes,
                            expect: dict, vocab_size: int) -> None:
   """The tokenizer dir at `target`, checked through transformers, complete or absent (with its marker)."""
-  with sio.replaced_dir(target) as tmp:
+  with sio.replaced_dir(target, "asset", check=False) as tmp:  # our own cache, under its lock
     _write_tokenizer_dir(tmp, tok, config, ranks_name, data)
     _check_hf_tokenizer(tmp, expect, vocab_size)
     _write_marker(os.path.join(tmp, MARKER), source=f"{wheel_spec[0]}=={wheel_spec[1]}:{wheel_spec[2]}")
@@ -543,7 +543,7 @@ def _build_smollm2_hf(gguf_path: str, target: str) -> None:
   if not tok.chat_template:
     tok.chat_template = SMOLLM2_CHAT_TEMPLATE
   model = load_gguf_model(gguf_path)
-  with sio.replaced_dir(target) as tmp:
+  with sio.replaced_dir(target, "asset", check=False) as tmp:  # our own cache, under its lock
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)  # transformers 5 writes the template to chat_template.jinja
     cfg_path = os.path.join(tmp, "tokenizer_config.json")

@@ -2,16 +2,19 @@
 
 Local paths are written to a temp name beside the target and renamed over it (atomic on one filesystem).
 Paths with a protocol (`gs://...`, any fsspec URL) are uploaded in one `open(..., "wb")`, which object stores
-publish only when the upload completes. A directory is filled in a local temp dir first, then renamed
-(local) or uploaded file by file (URLs: each file complete; the caller writes its marker file last).
+publish only when the upload completes. A directory is filled in a local temp dir first, then swapped in
+(local) or uploaded file by file (URLs: each file complete; the marker file last). A directory replaces only an
+empty one or an earlier output of the same kind (its marker file): no command deletes what it did not make.
 """
 
 import contextlib
+import errno
 import io
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Callable, Iterator
 
 from sae_jax.errors import UserError
@@ -39,8 +42,8 @@ def replaced_file(path: str) -> Iterator[str]:
   """Yields a local temp path to write; on success it replaces `path` (streams large files, unlike write_bytes)."""
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  os.close(fd)
+  tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+  os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask's mode, not mkstemp's 0600
   try:
     yield tmp
     os.replace(tmp, path)
@@ -90,38 +93,158 @@ def write_npy(path: str, array) -> str:
   return write_with(path, lambda f: np.save(f, array))
 
 
-@contextlib.contextmanager
-def replaced_dir(out_dir: str) -> Iterator[str]:
-  """Yields a temp dir to fill; on success it replaces `out_dir` (an existing one is moved aside first).
+MARKER = ".sae_jax_output.json"  # in every dir replaced_dir makes: what wrote it, so a rerun may replace it
 
-  On an error the temp dir is removed and `out_dir` is left as it was.
+
+def _marker_kind(read) -> str | None:
+  try:
+    return json.loads(read()).get("kind")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def check_replaceable(out_dir: str, kind: str) -> None:
+  """Refuses an `out_dir` whose replacement would delete what this `kind` of output did not make.
+
+  Replaceable: absent, an empty dir, or an earlier `kind` output (its MARKER). Never "", the working dir or a
+  dir holding it. Launch scripts call this before the long work, so a bad --out fails in a second.
   """
+  check_output_dir(out_dir, f"{kind} output")
+  if is_url(out_dir):
+    fs, inner = filesystem(out_dir)
+    names = [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(inner)] if fs.isdir(inner) else []
+    ours = lambda: fs.cat_file(inner.rstrip("/") + "/" + MARKER)
+  else:
+    path = os.path.realpath(out_dir)
+    cwd = os.path.realpath(os.getcwd())
+    if cwd == path or cwd.startswith(path.rstrip(os.sep) + os.sep):
+      raise UserError(f"{kind} output {out_dir!r} is the working directory or holds it: give a new dir")
+    if os.path.islink(out_dir):
+      raise UserError(f"{kind} output {out_dir} is a symlink: give the dir itself")
+    names = os.listdir(path) if os.path.isdir(path) else []
+    ours = lambda: open(os.path.join(path, MARKER), "rb").read()
+  if not names:
+    return
+  found = _marker_kind(ours) if MARKER in names else None
+  if found != kind:
+    what = f"a {found} output" if found else f"files sae_jax did not write ({sorted(names)[0]}, ...)"
+    raise UserError(f"{kind} output {out_dir} holds {what}: give a new or empty dir, or an earlier {kind} "
+                    "output to replace")
+
+
+def check_output_dir(path: str, what: str) -> None:
+  """Refuses an output dir that cannot be made: an empty path, a file, or under no writable dir (checked before
+  the run, not after it)."""
+  if not str(path).strip():
+    raise UserError(f"the {what} path is empty: give a dir")
+  if is_url(path):
+    fs, inner = filesystem(path)
+    if fs.isfile(inner):
+      raise UserError(f"{what} {path} exists and is not a directory")
+    return
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{what} {path} exists and is not a directory")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"cannot write the {what} {path}: {parent} is not a writable directory")
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Swaps two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+  import ctypes
+  renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+  if renameat2 is None:
+    return False
+  at_fdcwd, rename_exchange = -100, 2
+  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    return False
+  raise OSError(err, os.strerror(err), b)
+
+
+def _swap_in(tmp: str, out_dir: str) -> str | None:
+  """Puts the filled `tmp` at `out_dir`; returns where the old output went (to delete), if there was one.
+
+  With an exchange `out_dir` is never missing; without one (the fallback) it is missing between two renames,
+  and `_clean_leftovers` puts the old output back if a kill lands there.
+  """
+  if not os.path.exists(out_dir):
+    os.rename(tmp, out_dir)
+    return None
+  if _exchange(tmp, out_dir):
+    return tmp
+  aside = _new_dir(out_dir, "old")
+  os.rename(out_dir, os.path.join(aside, "dir"))
+  os.rename(tmp, out_dir)
+  return aside
+
+
+def _clean_leftovers(out_dir: str) -> None:
+  """Removes the temp dirs killed replaces of `out_dir` left beside it (names only replaced_dir makes); an old
+  output moved aside by the fallback goes back first if `out_dir` is missing."""
+  parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
+  for name in os.listdir(parent):
+    path = os.path.join(parent, name)
+    if not os.path.isdir(path) or os.path.islink(path):
+      continue
+    old = os.path.join(path, "dir")
+    if name.startswith(f".{base}.old-") and not os.path.exists(out_dir) and os.path.isdir(old):
+      os.rename(old, out_dir)
+    if name.startswith((f".{base}.old-", f".{base}.tmp-")):
+      shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replaced_dir(out_dir: str, kind: str, check: bool = True) -> Iterator[str]:
+  """Yields a temp dir to fill; on success it replaces `out_dir`, complete or absent, with MARKER naming `kind`.
+
+  `out_dir` must pass `check_replaceable` (`check=False` only for paths the caller owns, the asset cache). The
+  old output is swapped out, then deleted: a kill at any moment leaves the old or the new output whole, and the
+  next replace cleans the temp dirs. On an error the temp dir is removed and `out_dir` is left as it was.
+  """
+  if check:
+    check_replaceable(out_dir, kind)
+  marker = json.dumps({"kind": kind}) + "\n"
   if is_url(out_dir):
     with tempfile.TemporaryDirectory(prefix=".sae_jax.upload-") as tmp:
       yield tmp
       fs, inner = filesystem(out_dir)
       for name in sorted(os.listdir(tmp)):
         fs.put(os.path.join(tmp, name), inner.rstrip("/") + "/" + name, recursive=True)
+      fs.pipe_file(inner.rstrip("/") + "/" + MARKER, marker.encode())  # last: the upload is complete
     return
   out_dir = os.path.abspath(out_dir)
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  _clean_leftovers(out_dir)
+  tmp = _new_dir(out_dir, "tmp")
   try:
+    with open(os.path.join(tmp, MARKER), "w") as f:
+      f.write(marker)
     yield tmp
-    old = None
-    if os.path.exists(out_dir):  # moved aside first, so a crash never leaves out_dir half-written
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-      os.replace(out_dir, os.path.join(old, "dir"))
-    os.replace(tmp, out_dir)
+    if check:
+      check_replaceable(out_dir, kind)  # again: files put there while `tmp` was filled are not ours either
+    old = _swap_in(tmp, out_dir)
     if old:
       shutil.rmtree(old, ignore_errors=True)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_dir(out_dir: str, fill: Callable[[str], None]) -> str:
+def _new_dir(out_dir: str, role: str) -> str:
+  """A new `.<name>.<role>-<random>` dir beside `out_dir`, with the umask's mode (mkdtemp's 0700 would make
+  every output private)."""
+  path = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.{role}-{uuid.uuid4().hex[:12]}")
+  os.mkdir(path)
+  return path
+
+
+def write_dir(out_dir: str, fill: Callable[[str], None], kind: str) -> str:
   """`fill(tmp_dir)` writes the files; the directory then replaces `out_dir` (see `replaced_dir`)."""
-  with replaced_dir(out_dir) as tmp:
+  with replaced_dir(out_dir, kind) as tmp:
     fill(tmp)
   return out_dir if is_url(out_dir) else os.path.abspath(out_dir)

@@ -10,6 +10,7 @@ script is flags -> one stage function here (`collect`, `train`, `reason_score`, 
 import contextlib
 import dataclasses
 import gc
+import json
 import os
 import time
 import types
@@ -40,7 +41,7 @@ from sae_jax.models.checkpoint import ModelSpec
 from sae_jax.models.sharding import MeshConfig, batch_sharding, maybe_initialize_distributed
 from sae_jax.sae import SAE, SAEConfig, load_saelens
 from sae_jax.sae.splice_eval import splice_metrics
-from sae_jax.sae.trainer import BatchStream, TrainerOptions
+from sae_jax.sae.trainer import BatchStream, TrainerOptions, check_mesh, finished
 from sae_jax.sae.trainer import train as train_sae
 
 
@@ -211,7 +212,11 @@ def producer(c, sae_cfg: SAEConfig, mesh):
   if acts.cache_dir:
     if not sio.is_url(acts.cache_dir) and not os.path.isdir(acts.cache_dir):
       raise UserError(f"activations.cache_dir {acts.cache_dir} does not exist")
-    return ShardReader(acts.cache_dir, d=sae_cfg.d_in, loop=acts.loop)
+    reader = ShardReader(acts.cache_dir, d=sae_cfg.d_in, loop=acts.loop)
+    if not reader.manifest.get("done"):
+      raise UserError(f"activation cache {acts.cache_dir} is incomplete (done=false: its collection stopped "
+                      "early): rerun the same collect_activations.py command to finish it")
+    return reader
   return model_source(c, sae_cfg, mesh, loop=acts.loop)
 
 
@@ -236,6 +241,11 @@ def _progress(desc: str, unit: str = "row"):
 
 def collect(c, out: str, shard_tokens: int, max_batches: int = 0) -> dict:
   """Activations of `sae.hook_layer`/`sae.hook_site` over the corpus into shards at `out` (resumable)."""
+  if shard_tokens < 1:
+    raise UserError(f"--shard_tokens={shard_tokens}: expected an integer >= 1")
+  if max_batches < 0:
+    raise UserError(f"--max_batches={max_batches}: expected an integer >= 0 (0: the whole corpus)")
+  sio.check_output_dir(out, "activation cache")
   maybe_initialize_distributed()
   start = time.time()
   sae_cfg = section(c, "sae")
@@ -255,7 +265,15 @@ def train(c) -> dict:
   """Trains (or resumes) the SAE of `c` into `trainer.out_dir`, then the splice eval; writes result.json."""
   maybe_initialize_distributed()
   sae_cfg, opts = section(c, "sae"), section(c, "trainer")
+  opts.check(sae_cfg)
+  sio.check_output_dir(opts.out_dir, "trainer.out_dir")
+  result_path = os.path.join(opts.out_dir, "result.json")
+  if finished(sae_cfg, opts) and os.path.exists(result_path):
+    print(f"{opts.out_dir} already holds this run, trained to step {sae_cfg.n_steps}: nothing to do")
+    with open(result_path) as f:
+      return json.load(f)
   mesh = section(c, "mesh").make()
+  check_mesh(sae_cfg, mesh)
   acts = producer(c, sae_cfg, mesh)
   chunk = acts.manifest["shard_tokens"] if c.activations.cache_dir else c.data.store_batch_rows * c.data.context_size
   stream = BatchStream(acts, d=sae_cfg.d_in, batch_size=sae_cfg.batch_size, half=opts.buffer_half_tokens,
@@ -265,7 +283,7 @@ def train(c) -> dict:
   batches = section(c, "eval").batches
   if c.model.path and batches > 0:
     result["splice_eval"] = _splice_eval(c, sae, batches, mesh)
-  sio.write_json(os.path.join(opts.out_dir, "result.json"), result, default=float)
+  sio.write_json(result_path, result, default=float)
   return result
 
 
@@ -342,6 +360,7 @@ def reason_score(c, sae_dir: str, out: str, given=()) -> dict:
   """ReasonScore of every feature of the SAE at `sae_dir` over the config's corpus, or over the rows and
   activations of `activations.cache_dir`. Writes the arrays, reasonscore.json and top_k.json into `out`."""
   start = time.time()
+  sio.check_output_dir(out, "--out")
   rs = section(c, "reasonscore")
   x = _feature_inputs(c, sae_dir, given)
   if x.cache is not None:
@@ -371,6 +390,7 @@ def dashboard(c, sae_dir: str, out: str, scores_dir: str | None = None, features
   """Static HTML dashboards of `features` (default: the `dashboard.top_k` best of the ReasonScore results at
   `scores_dir`) over the config's corpus: index.html, feature_<id>.html and features.json, replacing `out`."""
   start = time.time()
+  sio.check_replaceable(out, "dashboard")
   view, labels, rs = section(c, "dashboard"), section(c, "autointerp"), section(c, "reasonscore")
   scores = ReasonScores.load(scores_dir) if scores_dir else None
   if not features:
@@ -410,6 +430,7 @@ def diff_models(c, sae_dir: str, out: str, model_a: str = "", activations_a: str
   model, or `activations.cache_dir`), one model in memory at a time: per-feature statistics of both and their
   ratios, written into `out`."""
   start = time.time()
+  sio.check_output_dir(out, "--out")
   rs, opts = section(c, "reasonscore"), section(c, "diff")
   if bool(model_a) == bool(activations_a):
     raise UserError("give exactly one of --model_a and --activations_a")
@@ -477,9 +498,8 @@ def evaluate(c, sae_dir: str, out: str, dashboard: str = "") -> dict:
   start = time.time()
   sampling, engine, steering = section(c, "sampling"), section(c, "engine"), section(c, "steering")
   sampling.validate()
+  sio.check_output_dir(out, "--out")
   tasks = section(c, "tasks").load()
-  if os.path.isfile(out):
-    raise UserError(f"--out {out} is a file, expected a directory")
   sae = load_saelens(sae_dir) if sae_dir else None
   shape = section(c, "model").peek()
   if shape is not None:  # bad steering settings fail before the weights load

@@ -92,7 +92,7 @@ def test_shards_resume_and_never_read_partial(tmp_path):
   while (item := reader()) is not None:
     got.append(item[0])
   np.testing.assert_array_equal(np.concatenate(got), data[:64])
-  with pytest.raises(UserError, match="other settings"):
+  with pytest.raises(UserError, match=r"other settings \(layer 1 -> 2\): resume it with the same ones"):
     ShardWriter(str(tmp_path), shard_tokens=16, d=d, meta={"model": "m", "layer": 2})
   with pytest.raises(UserError, match="width 5, the SAE expects d_in 7"):
     ShardReader(str(tmp_path), d=7)
@@ -176,6 +176,15 @@ def test_cached_rows_put_each_activation_back_at_its_token(tmp_path):
     CachedRows(str(tmp_path), d=4)
 
 
+def test_resume_takes_the_model_path_written_another_way(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "model").mkdir()
+  ShardWriter(str(tmp_path / "acts"), shard_tokens=4, d=2, meta={"model": "model"}).finish()
+  assert ShardWriter("acts", shard_tokens=4, d=2, meta={"model": str(tmp_path / "model")}).resume_point == (0, 0)
+  with pytest.raises(UserError, match=r"\(model 'model' -> 'other'; shard_tokens 4 -> 8\)"):
+    ShardWriter("acts", shard_tokens=8, d=2, meta={"model": "other"})
+
+
 def test_cached_rows_need_rows_and_guard_them(tmp_path):
   rows = np.arange(40, dtype=np.int32).reshape(4, 10)
   _write_cache(str(tmp_path / "a"), rows, exclude=(), shard_tokens=10)
@@ -185,6 +194,9 @@ def test_cached_rows_need_rows_and_guard_them(tmp_path):
   np.save(tmp_path / "a" / "rows.npy", rows + 1)
   with pytest.raises(UserError, match="does not match its manifest"):
     CachedRows(str(tmp_path / "a"))
+  with pytest.raises(UserError, match="does not match its manifest"):  # nor does a resumed collection append to it
+    ShardWriter(str(tmp_path / "a"), shard_tokens=10, d=3, meta={"layer": 1, "site": "resid_post",
+                                                                   "exclude_ids": []}, rows=rows)
   w = ShardWriter(str(tmp_path / "b"), shard_tokens=10, d=3, meta={})
   w.add(np.zeros((10, 3), np.float32), batch_end=1)
   w.finish()

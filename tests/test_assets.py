@@ -266,7 +266,7 @@ def test_default_cache_dir(monkeypatch):
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
   target = tmp_path / "out"
   with pytest.raises(ValueError):
-    with sio.replaced_dir(str(target)) as tmp:
+    with sio.replaced_dir(str(target), "test") as tmp:
       open(os.path.join(tmp, "half"), "w").close()
       raise ValueError("killed")
   assert os.listdir(tmp_path) == []

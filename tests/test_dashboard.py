@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO, _tiny_hf
 from sae_jax.errors import UserError
+from sae_jax.io import MARKER
 from sae_jax.features import Vocabulary
 from sae_jax.features.dashboard import (DashboardAccumulator, DashboardConfig, build_dashboards,
                                         collect_feature_stats, logit_lens, sample_keys, unembedding,
@@ -245,8 +246,8 @@ def _fake_dashboard(tmp_path):
 
 def test_html_escapes_and_links(tmp_path):
   data, out = _fake_dashboard(tmp_path)
-  assert sorted(os.listdir(out)) == ["feature_0.html", "feature_1.html", "features.json", "index.html"]
-  for name in os.listdir(out):
+  assert sorted(os.listdir(out)) == [MARKER, "feature_0.html", "feature_1.html", "features.json", "index.html"]
+  for name in set(os.listdir(out)) - {MARKER}:
     text = open(os.path.join(out, name), encoding="utf-8").read()
     if name.endswith(".html"):
       assert "<script" not in text.lower() and "http" not in text  # escaped; no external assets
@@ -262,7 +263,7 @@ def test_html_escapes_and_links(tmp_path):
   # A dir holding anything else is never replaced.
   (tmp_path / "other").mkdir()
   (tmp_path / "other" / "notes.txt").write_text("keep")
-  with pytest.raises(UserError, match="holds other files"):
+  with pytest.raises(UserError, match="holds files sae_jax did not write"):
     write_dashboards(data, str(tmp_path / "other"))
 
 
@@ -338,7 +339,7 @@ def test_launch_end_to_end_in_chromium(launch_inputs, assets, tmp_path):
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   want = [t["feature"] for t in scores.top_k(3)]
   assert summary["rows"] == 5 and summary["features"] == 3
-  assert sorted(os.listdir(out)) == sorted(["index.html", "features.json", "run.json"]
+  assert sorted(os.listdir(out)) == sorted([MARKER, "index.html", "features.json", "run.json"]
                                            + [f"feature_{f}.html" for f in want])
   data = json.load(open(out / "features.json"))
   assert [f["feature"] for f in data["features"]] == want

@@ -37,8 +37,14 @@ def test_convert_then_compare(tiny_dir, tmp_path):
   proc = _run("convert.py", f"--model={tiny_dir}", f"--out={out}", "--dtype=float32")
   assert proc.returncode == 0, proc.stderr
   assert {"params", "config.json", "run.json"} <= set(os.listdir(out))
+  assert "orbax" not in proc.stderr.lower(), proc.stderr  # no INFO lines of its saves
   run = json.load(open(out / "run.json"))
   assert run["flags"]["dtype"] == "float32" and run["versions"]["jax"]
+  # Its own earlier output is replaced whole; nothing is left beside it.
+  again = _run("convert.py", f"--model={tiny_dir}", f"--out={out}", "--dtype=bfloat16")
+  assert again.returncode == 0, again.stderr
+  assert json.load(open(out / "config.json"))["sae_jax"]["dtype"] == "bfloat16"
+  assert os.listdir(tmp_path) == ["converted"]
 
 
 def _copy(tiny_dir, tmp_path):

@@ -81,19 +81,26 @@ def test_train_sae_bad_inputs(assets, tmp_path):
 def test_train_sae_from_cache_exports_saelens(assets, tmp_path):
   assert _collect(assets.smollm2_hf, tmp_path / "acts").returncode == 0
   out = tmp_path / "train"
-  proc = subprocess.run(_cmd("train_sae.py", *SMALL, f"--config.activations.cache_dir={tmp_path / 'acts'}",
-                             f"--config.trainer.out_dir={out}", "--config.sae.n_steps=40",
-                             "--config.sae.batch_size=128", "--config.sae.d_sae=1152",
-                             "--config.sae.lr_decay_steps=10", "--config.sae.l1_warm_up_steps=10",
-                             "--config.sae.n_batches_for_norm_estimate=4", "--config.trainer.buffer_half_tokens=1024",
-                             "--config.trainer.progress=false", "--config.trainer.dead_window=500"),
-                        capture_output=True, text=True, env=_env(), timeout=300)
+  cmd = _cmd("train_sae.py", *SMALL, f"--config.activations.cache_dir={tmp_path / 'acts'}",
+             f"--config.trainer.out_dir={out}", "--config.sae.n_steps=40",
+             "--config.sae.batch_size=128", "--config.sae.d_sae=1152",
+             "--config.sae.lr_decay_steps=10", "--config.sae.l1_warm_up_steps=10",
+             "--config.sae.n_batches_for_norm_estimate=4", "--config.trainer.buffer_half_tokens=1024",
+             "--config.trainer.progress=false", "--config.trainer.dead_window=500")
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
   assert proc.returncode == 0, proc.stderr
   result = json.load(open(out / "result.json"))
   assert result["steps"] == 40 and np.isfinite(result["loss"])
   cfg = json.load(open(out / "sae" / "cfg.json"))
   assert cfg["d_in"] == 576 and cfg["d_sae"] == 1152 and cfg["hook_name"] == "blocks.19.hook_resid_post"
   assert os.path.exists(out / "sae" / "sae_weights.safetensors") and os.path.exists(out / "run.json")
+  # Rerunning the finished command changes nothing and says so.
+  before = {p: os.stat(out / p).st_mtime_ns for p in ("sae/sae_weights.safetensors", "result.json", "metrics.jsonl")}
+  again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+  assert again.returncode == 0, again.stderr
+  assert f"{out} already holds this run, trained to step 40: nothing to do" in again.stdout
+  assert {p: os.stat(out / p).st_mtime_ns for p in before} == before
+  assert json.loads(again.stdout.strip().splitlines()[-1]) == result
 
 
 def test_train_sae_on_the_fly(assets, tmp_path):
@@ -135,3 +142,34 @@ def test_paper_config_is_the_paper_sae_and_other_architectures_get_their_default
   assert sae_config_from_config(c).apply_b_dec_to_input is False
   with pytest.raises(TypeError):
     c.sae.normalize_decoder = "yes"
+
+
+_NO_NETWORK = """
+import socket
+def _refuse(*args, **kwargs):
+  with open({log!r}, "a") as f:
+    f.write(repr(args[:2]) + "\\n")
+  raise OSError("network blocked by the test")
+socket.getaddrinfo = _refuse
+socket.socket.connect = lambda self, *a: _refuse(*a)
+"""
+
+
+def test_local_data_makes_no_connection_attempt(assets, tmp_path):
+  """HF_HUB_OFFLINE unset, a local jsonl corpus and model: `datasets` must not ping the hub (sockets recorded)."""
+  hook = tmp_path / "hook"
+  hook.mkdir()
+  log = tmp_path / "connections.log"
+  (hook / "sitecustomize.py").write_text(_NO_NETWORK.format(log=str(log)))
+  docs = tmp_path / "docs.jsonl"
+  docs.write_text("".join(json.dumps({"text": f"Document {i}: " + "wait, let me check that again. " * 20}) + "\n"
+                          for i in range(12)))
+  env = {k: v for k, v in _env().items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+  env["PYTHONPATH"] = os.pathsep.join([str(hook), env.get("PYTHONPATH", "")])
+  env["HF_DATASETS_CACHE"] = str(tmp_path / "hf_cache")
+  proc = subprocess.run(_cmd("collect_activations.py", *SMALL, f"--config.data.sources=('{docs}',)",
+                             f"--config.model.path={assets.smollm2_hf}", f"--out={tmp_path / 'acts'}",
+                             "--shard_tokens=64", "--max_batches=1"), capture_output=True, text=True, env=env,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not log.exists(), log.read_text()

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from sae_jax.errors import UserError
+from sae_jax.io import MARKER
 from sae_jax.sae import SAE, SAEConfig, init_params, load_saelens, load_sparsify, save_saelens, save_sparsify
 
 D_IN, D_SAE = 8, 32
@@ -147,7 +148,7 @@ def test_sparsify_round_trip_is_bit_exact_and_has_sparsify_layout(tmp_path):
   cfg = _cfg("topk")
   params = _params(cfg)
   out = save_sparsify(str(tmp_path / "layers.3"), SAE(params, cfg))
-  assert sorted(os.listdir(out)) == ["cfg.json", "sae.safetensors"]
+  assert sorted(os.listdir(out)) == [MARKER, "cfg.json", "sae.safetensors"]
   with open(os.path.join(out, "cfg.json")) as f:
     d = json.load(f)
   assert {k: d[k] for k in ("activation", "expansion_factor", "normalize_decoder", "num_latents", "k", "d_in",

@@ -11,6 +11,7 @@ from safetensors.numpy import save_file
 
 from conftest import FIXTURES
 from sae_jax.errors import UserError
+from sae_jax.io import MARKER
 from sae_jax.sae import SAE, SAEConfig, load_saelens, save_saelens
 
 D_IN, D_SAE = 8, 32
@@ -67,7 +68,7 @@ def test_round_trip_is_bit_exact(tmp_path):
   save_saelens(out, SAE(_random_params(1), cfg))  # replacing an existing dir
   save_saelens(out, SAE(params, cfg))
   assert sorted(os.listdir(tmp_path)) == ["sae"]  # no temp dirs left behind
-  assert sorted(os.listdir(out)) == ["cfg.json", "sae_weights.safetensors"]
+  assert sorted(os.listdir(out)) == [MARKER, "cfg.json", "sae_weights.safetensors"]
   loaded = load_saelens(out)
   assert loaded.cfg == cfg and (loaded.units, loaded.scale) == ("raw", 1.0)
   for n, a in params.items():

@@ -1,6 +1,7 @@
 """The SAE trainer: it learns, resumes bit-identically after SIGKILL, shards, and stops on NaN."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,18 +20,19 @@ from synthetic_acts import SyntheticActs
 D, D_SAE, BATCH = 16, 64, 32
 
 
-def _cfg(n_steps=60, architecture="standard"):
-  return SAEConfig(d_in=D, d_sae=D_SAE, n_steps=n_steps, batch_size=BATCH, lr=2e-2, l1_coefficient=0.5,
+def _cfg(n_steps=60, architecture="standard", lr=2e-2, **kw):
+  return SAEConfig(d_in=D, d_sae=D_SAE, n_steps=n_steps, batch_size=BATCH, lr=lr, l1_coefficient=0.5,
                    architecture=architecture, k=4, l0_warm_up_steps=10,
                    l1_warm_up_steps=10, lr_decay_steps=10, n_batches_for_norm_estimate=4, hook_layer=1,
-                   exclude_special_tokens=())
+                   exclude_special_tokens=(), **kw)
 
 
-def _run(out_dir, n_steps=60, mesh=None, nan_at=-1, checkpoint_every=20, architecture="standard"):
-  cfg = _cfg(n_steps, architecture)
+def _run(out_dir, n_steps=60, mesh=None, nan_at=-1, checkpoint_every=20, architecture="standard", lr=2e-2,
+         log_every=10, **kw):
+  cfg = _cfg(n_steps, architecture, lr, **kw)
   stream = BatchStream(SyntheticActs(D, nan_at=nan_at), d=D, batch_size=BATCH, half=128, slack=64, seed=1,
                        sharding=None if mesh is None else shd.batch_sharding(mesh))
-  opts = TrainerOptions(out_dir=str(out_dir), log_every=10, checkpoint_every=checkpoint_every,
+  opts = TrainerOptions(out_dir=str(out_dir), log_every=log_every, checkpoint_every=checkpoint_every,
                         buffer_half_tokens=128, progress=False)
   return train(cfg, stream, opts, mesh=mesh)
 
@@ -76,6 +78,61 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   resumed = _run(out, n_steps=80, checkpoint_every=10)
   for k in straight["sae"].params:
     np.testing.assert_array_equal(resumed["sae"].params[k], straight["sae"].params[k])
+  # Each step is logged once, as the straight run logged it (what the killed run logged past its checkpoint goes).
+  assert open(out / "metrics.jsonl").read() == open(tmp_path / "straight" / "metrics.jsonl").read()
+
+
+def test_resume_under_a_changed_config(tmp_path, capsys):
+  _run(tmp_path, n_steps=30, checkpoint_every=10)
+  assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "30"  # the last step is saved too
+  with pytest.raises(UserError, match=r"holds step 30 of a run with other settings \(sae\.lr 0\.02 -> 0\.01\)"):
+    _run(tmp_path, n_steps=30, checkpoint_every=10, lr=1e-2)
+  with pytest.raises(UserError, match=r"sae\.d_sae 64 -> 32; sae\.k 4 -> 2"):
+    from sae_jax.sae.trainer import _check_resume
+    _check_resume(_run_meta_of(tmp_path), SAEConfig(**{**_cfg(30).to_dict(), "d_sae": 32, "k": 2}),
+                  TrainerOptions(out_dir=str(tmp_path), checkpoint_every=10), 30)
+  capsys.readouterr()
+  _run(tmp_path, n_steps=30, checkpoint_every=5, log_every=3)  # harmless: resumed (nothing left to train)
+  assert "resuming step 30 with changed trainer.log_every, trainer.checkpoint_every" in capsys.readouterr().out
+
+
+def _run_meta_of(out_dir):
+  from sae_jax.sae.trainer import _manager, _saved_meta
+  opts = TrainerOptions(out_dir=str(out_dir))
+  with _manager(opts, create=False) as m:
+    return _saved_meta(m, m.latest_step())["run"]
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  with pytest.raises(UserError, match=r"training diverged: grad_norm inf at step \d+ .* checkpoint: none"):
+    _run(tmp_path / "at_once", n_steps=60, checkpoint_every=10, lr=1e6)
+  # The lr warms up to 3e5: the run diverges after some good checkpoints.
+  with pytest.raises(UserError, match=r"training diverged: \w+ [-\w.]+ at step (\d+) \(lower sae.lr\?\); the last good "
+                     r"checkpoint: step (\d+) in ") as first:
+    _run(tmp_path, n_steps=60, checkpoint_every=10, lr=3e5, lr_warm_up_steps=50)
+  at, good = map(int, re.search(r"at step (\d+).*step (\d+) in", str(first.value)).groups())
+  assert 10 <= good < at and not (tmp_path / "sae").exists()
+  # The checkpoint it names restores and resumes to the same failure: it is whole and was saved before it.
+  with pytest.raises(UserError) as again:
+    _run(tmp_path, n_steps=60, checkpoint_every=10, lr=3e5, lr_warm_up_steps=50)
+  assert str(again.value) == str(first.value)
+
+
+def test_bad_trainer_and_sae_values_are_refused():
+  with pytest.raises(UserError, match=r"SAE config lr=inf: expected a finite number"):
+    _cfg(lr=float("inf"))
+  for key, value, want in [("keep_checkpoints", 0, "expected an integer >= 1 (0 would leave nothing to resume"),
+                           ("log_every", 0, "expected an integer >= 1"), ("checkpoint_every", -5, ">= 1"),
+                           ("matmul_precision", "foo", "expected one of"), ("dense_threshold", 2.0, "in [0, 1]")]:
+    with pytest.raises(UserError, match=re.escape(f"trainer.{key}={value!r}: ") + ".*" + re.escape(want)):
+      TrainerOptions(out_dir="x", **{key: value})
+  with pytest.raises(UserError, match=r"buffer_half_tokens=16 is smaller than one batch \(sae.batch_size=32\)"):
+    TrainerOptions(out_dir="x", buffer_half_tokens=16).check(_cfg())
+  from sae_jax.sae.trainer import check_mesh
+  with pytest.raises(UserError, match=r"sae.d_sae=66 latents do not split over the model axis \(4 devices\)"):
+    check_mesh(SAEConfig(**{**_cfg().to_dict(), "d_sae": 66}), shd.make_mesh(2, 1, 4))
+  with pytest.raises(UserError, match=r"sae.batch_size\) of 30 rows does not split over data x fsdp = 8"):
+    check_mesh(SAEConfig(**{**_cfg().to_dict(), "batch_size": 30}), shd.make_mesh(8, 1, 1))
 
 
 @pytest.mark.parametrize("architecture", ["standard", "topk", "batchtopk", "jumprelu"])

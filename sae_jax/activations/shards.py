@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 
 import numpy as np
 
@@ -54,6 +55,26 @@ def rows_digest(rows: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(rows, np.int32).tobytes()).hexdigest()
 
 
+def _same_setting(old, new) -> bool:
+  """Equal, or the same existing local path written two ways (relative and absolute, say)."""
+  if old == new:
+    return True
+  paths = [v for v in (old, new) if isinstance(v, str) and not sio.is_url(v) and os.path.exists(v)]
+  return len(paths) == 2 and os.path.realpath(old) == os.path.realpath(new)
+
+
+def read_rows(path: str, meta: dict) -> np.ndarray:
+  """The token rows of the cache at `path`, checked against the digest in its manifest's `meta`."""
+  fs, root = sio.filesystem(path)
+  try:
+    rows = np.load(io.BytesIO(fs.cat_file(sio.join(root, ROWS_FILE))), allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise UserError(f"cannot read the token rows of {path}: {e}") from None
+  if rows_digest(rows) != meta["rows_sha256"]:
+    raise UserError(f"{sio.join(path, ROWS_FILE)} does not match its manifest (digest differs)")
+  return rows
+
+
 def fill_cache(source, writer: "ShardWriter", max_batches: int = 0, progress=None) -> dict:
   """Runs `source` (an `ActivationSource`) from the writer's resume point into its shards; the manifest.
 
@@ -89,13 +110,19 @@ class ShardWriter:
       meta = {**meta, "rows_sha256": rows_digest(rows), "rows_shape": [int(n) for n in rows.shape]}
     if self.fs.exists(sio.join(self.root, MANIFEST)):
       self.manifest = read_manifest(path)
-      old = {k: self.manifest["meta"].get(k) for k in meta}
-      if old != meta or self.manifest["d"] != d or self.manifest["shard_tokens"] != shard_tokens:
-        raise UserError(f"{path} holds a cache made with other settings ({old}); use another --out")
+      old = {**self.manifest["meta"], "d": self.manifest["d"], "shard_tokens": self.manifest["shard_tokens"]}
+      new = {**meta, "d": d, "shard_tokens": shard_tokens}
+      differ = [k for k in new if not _same_setting(old.get(k), new[k])]
+      if differ:
+        changes = "; ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in differ)
+        raise UserError(f"{path} holds a cache made with other settings ({changes}): resume it with the same "
+                        "ones, or use another --out")
     else:
       self.manifest = {"d": d, "shard_tokens": shard_tokens, "meta": meta, "shards": [], "done": False}
     if rows is not None and not self.fs.exists(sio.join(self.root, ROWS_FILE)):  # before any shard refers to it
       sio.write_bytes(sio.join(self.root, ROWS_FILE), _npy_bytes(rows.astype(np.int32)), fs=self.fs)
+    elif rows is not None:
+      read_rows(path, meta)  # a resumed run appends to these rows: they must be the ones the manifest names
     self.pending: list[np.ndarray] = []
     self.pending_rows = 0
 
@@ -193,13 +220,7 @@ class CachedRows:
                       "collect it again with launch/collect_activations.py")
     if d is not None and self.manifest["d"] != d:
       raise UserError(f"activation cache {path} has width {self.manifest['d']}, the SAE expects d_in {d}")
-    fs, root = sio.filesystem(path)
-    try:
-      rows = np.load(io.BytesIO(fs.cat_file(sio.join(root, ROWS_FILE))), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-      raise UserError(f"cannot read the token rows of {path}: {e}") from None
-    if rows_digest(rows) != meta["rows_sha256"]:
-      raise UserError(f"{sio.join(path, ROWS_FILE)} does not match its manifest (digest differs)")
+    rows = read_rows(path, meta)
     self.exclude_ids = tuple(int(i) for i in meta.get("exclude_ids", ()))
     kept = np.cumsum((~np.isin(rows, self.exclude_ids)).sum(axis=1))
     cached = sum(s["tokens"] for s in self.manifest["shards"])

@@ -10,6 +10,7 @@ from. A source is a `SourceSpec`, or a string `PATH` / `PATH#key=value,key=value
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob as globlib
 import importlib.util
@@ -204,11 +205,25 @@ def _load_files(files: list[str], cache_dir: str | None):
   if local and all(os.path.getsize(f) == 0 for f in local) and len(local) == len(files):
     raise UserError(f"source {files[0]!r}{' and the others' if len(files) > 1 else ''} is empty")
   try:
-    return datasets.load_dataset(fmt, data_files=files, split="train", cache_dir=cache_dir)
+    with _no_download_counter():
+      return datasets.load_dataset(fmt, data_files=files, split="train", cache_dir=cache_dir)
   except (datasets.exceptions.DatasetGenerationError, StopIteration, pa.ArrowInvalid, ValueError) as e:
     cause = e.__cause__ or e
     raise UserError(f"cannot read {files[0]!r}{' and others' if len(files) > 1 else ''} as {fmt}: "
                     f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from None
+
+
+@contextlib.contextmanager
+def _no_download_counter():
+  """`datasets` pings the hub (a download counter for the json/parquet builder) even for local files unless
+  HF_HUB_OFFLINE is set: files stay off the network, only a hub id goes to the hub."""
+  import datasets
+  saved = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
+  datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+  try:
+    yield
+  finally:
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = saved
 
 
 def _expand_gcs(pattern: str) -> list[str]:

@@ -18,13 +18,14 @@ from sae_jax.models.loading import abstract_model, load_model, peek_config
 from sae_jax.models.transformer import Transformer
 
 DTYPES = ("bfloat16", "float32")
+KIND = "converted model"  # the marker kind of its output dirs (sae_jax.io.replaced_dir)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json", "tokenizer.model")
 
 
 def save(out_dir: str, model: Transformer, hf_config: dict, tokenizer_dir: str | None = None) -> str:
   """Writes the checkpoint into a temp dir beside `out_dir`, then renames: complete or absent."""
-  with sio.replaced_dir(out_dir) as tmp:
+  with sio.replaced_dir(out_dir, KIND) as tmp:
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, "params"), params)
@@ -45,8 +46,11 @@ def restore(ckpt_dir: str, mesh=None, dtype=None) -> Transformer:
   ckpt_dir = os.path.abspath(ckpt_dir)
   if not os.path.isdir(os.path.join(ckpt_dir, "params")):
     raise UserError(f"{ckpt_dir} is not a converted checkpoint (no params/ dir); run launch/convert.py")
-  with open(os.path.join(ckpt_dir, "config.json")) as f:
-    hf_cfg = json.load(f)
+  try:
+    with open(os.path.join(ckpt_dir, "config.json")) as f:
+      hf_cfg = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"converted checkpoint {ckpt_dir} has no readable config.json ({e}): convert it again") from None
   cfg = ModelConfig.from_hf_dict(hf_cfg)
   saved_dtype = jnp.dtype(hf_cfg.get("sae_jax", {}).get("dtype", "bfloat16"))
   dtype = jnp.dtype(dtype or saved_dtype)
@@ -55,8 +59,12 @@ def restore(ckpt_dir: str, mesh=None, dtype=None) -> Transformer:
   pure = nnx.to_pure_dict(abstract)
   target = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
                         pure, shd.param_shardings(pure, mesh))
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.join(ckpt_dir, "params"), target)
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      params = ckptr.restore(os.path.join(ckpt_dir, "params"), target)
+  except Exception as e:  # noqa: BLE001 (Orbax and TensorStore raise bare Exceptions for damaged files)
+    raise UserError(f"converted checkpoint {ckpt_dir} is damaged ({str(e).splitlines()[0][:160]}): convert it "
+                    "again with launch/convert.py") from None
   if dtype != saved_dtype:
     graphdef, abstract = abstract_model(cfg, dtype)
     params = jax.tree.map(lambda x: x.astype(dtype), params)

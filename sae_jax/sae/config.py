@@ -7,6 +7,7 @@ below; `apply_b_dec_to_input` and `normalize_decoder` left as None take the arch
 """
 
 import dataclasses
+import math
 import numbers
 import re
 from typing import Any
@@ -105,6 +106,9 @@ class SAEConfig:
       if f.type is int:
         low = 0 if f.name in _MAY_BE_ZERO else 1
         _check(self, f.name, getattr(self, f.name) >= low, f"an integer >= {low}")
+    for f in dataclasses.fields(self):
+      if f.type is float:
+        _check(self, f.name, math.isfinite(getattr(self, f.name)), "a finite number")
     for name in ("lr", "clip_grad_norm", "decoder_init_norm", "adam_eps", "jumprelu_bandwidth",
                  "jumprelu_init_threshold"):
       _check(self, name, getattr(self, name) > 0, "a number > 0")

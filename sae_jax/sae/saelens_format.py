@@ -93,7 +93,7 @@ def write_sae_dir(out_dir: str, arrays: dict, cfg_dict: dict, cfg_name: str, wei
     with open(os.path.join(tmp, cfg_name), "w") as f:
       json.dump(cfg_dict, f, indent=2)
 
-  return sio.write_dir(out_dir, write)
+  return sio.write_dir(out_dir, write, "SAE")
 
 
 def read_sae_dir(path: str, kind: str, cfg_name: str, weights_name: str) -> tuple[dict, str, str]:

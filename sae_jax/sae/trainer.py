@@ -18,6 +18,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from sae_jax import io as sio
 from sae_jax.activations.buffer import BufferState, ShuffleBuffer
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
@@ -39,6 +40,29 @@ class TrainerOptions:
   dense_threshold: float = 0.1  # firing on more than this fraction of tokens counts as dense
   matmul_precision: str = "default"  # "highest" for float32 parity on TPU (CPU is exact either way)
   progress: bool = True
+
+  def __post_init__(self):
+    for name in ("log_every", "checkpoint_every", "keep_checkpoints", "buffer_half_tokens", "dead_window"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        why = " (0 would leave nothing to resume from)" if name == "keep_checkpoints" else ""
+        raise UserError(f"trainer.{name}={value!r}: expected an integer >= 1{why}")
+    if not 0 <= self.dense_threshold <= 1:
+      raise UserError(f"trainer.dense_threshold={self.dense_threshold!r}: expected a number in [0, 1]")
+    if self.matmul_precision not in MATMUL_PRECISIONS:
+      raise UserError(f"trainer.matmul_precision={self.matmul_precision!r}: expected one of {MATMUL_PRECISIONS}")
+
+  def check(self, cfg: SAEConfig) -> None:
+    """What depends on the SAE too; run before any model or data is read."""
+    if self.buffer_half_tokens < cfg.batch_size:
+      raise UserError(f"trainer.buffer_half_tokens={self.buffer_half_tokens} is smaller than one batch "
+                      f"(sae.batch_size={cfg.batch_size})")
+
+
+MATMUL_PRECISIONS = ("default", "high", "highest")
+# Trainer keys a resumed run may change (logs, checkpoints, progress): the training itself stays the same.
+HARMLESS = ("out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "dead_window", "dense_threshold",
+            "progress")
 
 
 class BatchStream:
@@ -120,6 +144,15 @@ def state_shardings(cfg: SAEConfig, mesh) -> tuple:
       transform_non_params=lambda a: shardings["b_enc"] if a.shape == (cfg.d_sae,) else replicated)
 
 
+def check_mesh(cfg: SAEConfig, mesh) -> None:
+  """The batch splits over the data axes and the latents over `model`: said here, not in an XLA traceback."""
+  shd.check_batch_splits(cfg.batch_size, mesh, "an SAE batch (sae.batch_size)")
+  n = int(mesh.shape["model"])
+  if cfg.d_sae % n:
+    raise UserError(f"sae.d_sae={cfg.d_sae} latents do not split over the model axis ({n} devices): make it a "
+                    f"multiple of {n}")
+
+
 def init_state_fn(cfg: SAEConfig, mesh):
   """jitted key -> (params, opt_state) at step 0, placed by `state_shardings`."""
   return jax.jit(lambda k: init_train_state(cfg, k), out_shardings=state_shardings(cfg, mesh))
@@ -141,13 +174,20 @@ class _Stop:
 
 
 class MetricsLog:
-  """JSONL always; TensorBoard event files when tensorboardX is importable."""
+  """JSONL always; TensorBoard event files when tensorboardX is importable.
 
-  def __init__(self, out_dir: str):
-    self.jsonl = open(os.path.join(out_dir, "metrics.jsonl"), "a")
+  A run resumed at step `start` first drops what a killed run logged after that step, so no step is logged twice.
+  """
+
+  def __init__(self, out_dir: str, start: int):
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if os.path.exists(path):
+      with open(path) as f:
+        sio.write_text(path, "".join(line for line in f if _logged_step(line) <= start))
+    self.jsonl = open(path, "a")
     try:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+      self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start + 1)
     except ImportError:
       self.tb = None
 
@@ -166,24 +206,79 @@ class MetricsLog:
       self.tb.close()
 
 
+def _logged_step(line: str) -> float:
+  """The step of a metrics.jsonl line; inf for a line cut by a kill."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return float("inf")
+
+
+def _manager(opts: TrainerOptions, create: bool = True) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(opts.out_dir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=opts.keep_checkpoints, create=create))
+
+
+def _run_meta(cfg: SAEConfig, opts: TrainerOptions) -> dict:
+  """The keys a checkpoint stores to check a resumed run against, `section.key` -> value as JSON sees it."""
+  keys = {**{f"sae.{k}": v for k, v in cfg.to_dict().items()},
+          **{f"trainer.{k}": v for k, v in dataclasses.asdict(opts).items()}}
+  return json.loads(json.dumps(keys, default=str))
+
+
+def _check_resume(saved: dict, cfg: SAEConfig, opts: TrainerOptions, step: int) -> None:
+  """A checkpoint resumes only under the settings it trained with; HARMLESS trainer keys may change (said)."""
+  now = _run_meta(cfg, opts)
+  differ = [k for k in saved if k in now and saved[k] != now[k]]
+  bad = [k for k in differ if k.removeprefix("trainer.") not in HARMLESS]
+  if bad:
+    changes = "; ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in bad)
+    raise UserError(f"{opts.out_dir}/checkpoints holds step {step} of a run with other settings ({changes}): "
+                    "rerun with the old values, or give a new trainer.out_dir")
+  if differ:
+    print(f"resuming step {step} with changed {', '.join(differ)} (logging and checkpointing only)")
+
+
+def _saved_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  try:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except (OSError, ValueError, KeyError) as e:
+    raise UserError(f"cannot read checkpoint {step} in {manager.directory}: {e}") from None
+
+
+def finished(cfg: SAEConfig, opts: TrainerOptions) -> bool:
+  """True if `opts.out_dir` holds the last step of this very run (checked like a resume)."""
+  if not os.path.isdir(os.path.join(opts.out_dir, "checkpoints")):
+    return False
+  with _manager(opts, create=False) as manager:
+    step = manager.latest_step()
+    if step is None:
+      return False
+    meta = _saved_meta(manager, step)
+  _check_resume(meta.get("run", {}), cfg, opts, step)
+  return step >= cfg.n_steps
+
+
 def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) -> dict:
   """Trains (or resumes) and writes `opts.out_dir`/{checkpoints, metrics.jsonl, sae/ (SAELens format)}.
 
   Returns the run's summary (`runs.train` writes it to result.json) plus "sae": the trained SAE in raw units (the
   norm scaling factor folded in).
   """
+  opts.check(cfg)
   os.makedirs(opts.out_dir, exist_ok=True)
   mesh = mesh or shd.make_mesh(devices=jax.devices()[:1])
+  check_mesh(cfg, mesh)
   jit_step = make_jit_step(cfg, mesh)
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(opts.out_dir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=opts.keep_checkpoints, create=True))
+  manager = _manager(opts)
 
   with jax.default_matmul_precision(opts.matmul_precision):
     params, opt_state = init_state_fn(cfg, mesh)(jax.random.PRNGKey(cfg.seed))
     fire_steps = jax.device_put(jnp.zeros((cfg.d_sae,), jnp.int32), param_shardings(cfg, mesh)["b_enc"])
     start = manager.latest_step()
     if start is not None:
+      _check_resume(_saved_meta(manager, start).get("run", {}), cfg, opts, start)
       state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
       restored = manager.restore(start, args=ocp.args.Composite(
@@ -198,14 +293,24 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
       s = _estimate_scale(cfg, stream)
     s32 = jnp.float32(s)
 
+    def good_checkpoint() -> str:
+      step = manager.latest_step()
+      where = f"step {step} in {opts.out_dir}/checkpoints" if step is not None else "none (no step was saved)"
+      return f"the last good checkpoint: {where}"
+
     def save(step):
+      bad = [n for n, p in params.items() if not bool(jnp.all(jnp.isfinite(p)))]
+      if bad:
+        raise UserError(f"training diverged: non-finite {', '.join(bad)} after step {step} (lower sae.lr?); "
+                        f"{good_checkpoint()}")
       state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
-      meta = {"stream": stream.meta(), "norm_scaling_factor": s, "config": cfg.to_dict()}
+      meta = {"stream": stream.meta(), "norm_scaling_factor": s, "config": cfg.to_dict(),
+              "run": _run_meta(cfg, opts)}
       manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
       manager.wait_until_finished()
 
-    log = MetricsLog(opts.out_dir)
+    log = MetricsLog(opts.out_dir, start)
     stop = _Stop()
     window, last = [], None
     progress = _progress(opts.progress, start, cfg.n_steps)
@@ -218,14 +323,14 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
         window.append(metrics)
         done = step + 1
         if done % opts.log_every == 0 or done == cfg.n_steps or stop.requested:
-          last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size)
+          last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size, good_checkpoint)
           window = []
           progress.set_postfix(loss=f"{last['loss']:.3g}", l0=f"{last['l0']:.1f}",
                                ev=f"{last['explained_variance']:.3f}")
         progress.update(1)
-        if stop.requested or (done % opts.checkpoint_every == 0 and done < cfg.n_steps):
-          if window:
-            last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size)
+        if stop.requested or done % opts.checkpoint_every == 0 or done == cfg.n_steps:  # the last too: a rerun
+          if window:                                                                     # of a done run is a no-op
+            last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size, good_checkpoint)
             window = []
           save(done)
           if stop.requested:
@@ -252,13 +357,18 @@ def _estimate_scale(cfg: SAEConfig, stream: BatchStream) -> float:
   return estimate_norm_scaling_factor(batches, cfg.norm_estimate)
 
 
-def _log_window(window, step, fire_steps, opts, log, batch_size) -> dict:
-  """Averages the window's metrics on the host; stops the run on non-finite activations."""
+def _log_window(window, step, fire_steps, opts, log, batch_size, good_checkpoint) -> dict:
+  """Averages the window's metrics on the host; stops the run on non-finite activations or loss (before the
+  next checkpoint, so the last one stays good)."""
   host = jax.device_get(window)
-  for i, m in enumerate(host):
+  for at, m in enumerate(host, step + 2 - len(host)):  # steps count from 1, as in metrics.jsonl and checkpoints
     if m["nonfinite"] > 0:
-      raise UserError(f"non-finite activations at step {step - len(host) + 1 + i}: "
-                      f"{int(m['nonfinite'])} NaN/inf values in the batch")
+      raise UserError(f"non-finite activations at step {at}: "
+                      f"{int(m['nonfinite'])} NaN/inf values in the batch; {good_checkpoint()}")
+    bad = [k for k, v in m.items() if k not in ("fired", "nonfinite") and not np.all(np.isfinite(v))]
+    if bad:
+      raise UserError(f"training diverged: {bad[0]} {float(m[bad[0]])} at step {at} "
+                      f"(lower sae.lr?); {good_checkpoint()}")
   fired = np.sum([m["fired"] for m in host], axis=0)
   density = fired / (len(host) * batch_size)
   scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("fired", "nonfinite")}

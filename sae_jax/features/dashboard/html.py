@@ -3,10 +3,8 @@
 import html
 import json
 import os
-import re
 
 from sae_jax import io as sio
-from sae_jax.errors import UserError
 
 
 _CSS = """
@@ -193,21 +191,9 @@ def render_index(data: dict) -> str:
   return _page("Feature dashboards", body)
 
 
-_DASHBOARD_FILES = re.compile(r"^(index\.html|features\.json|run\.json|feature_\d+\.html)$")
-
-
 def write_dashboards(data: dict, out_dir: str) -> str:
-  """index.html, feature_<id>.html per feature and features.json, written into a temp dir that replaces out_dir.
-
-  An existing out_dir must be an earlier dashboard (only its files): a stray path is never wiped.
-  """
-  if os.path.exists(out_dir):
-    if not os.path.isdir(out_dir):
-      raise UserError(f"dashboard output {out_dir} exists and is not a directory")
-    stray = [n for n in os.listdir(out_dir) if not _DASHBOARD_FILES.match(n)]
-    if stray:
-      raise UserError(f"dashboard output {out_dir} holds other files ({stray[0]}, ...): give a new or "
-                      "dashboard-only dir")
+  """index.html, feature_<id>.html per feature and features.json, written into a temp dir that replaces out_dir
+  (which must be new, empty or an earlier dashboard: `sae_jax.io.replaced_dir`)."""
   ids = [f["feature"] for f in data["features"]]
 
   def write(tmp):
@@ -221,4 +207,4 @@ def write_dashboards(data: dict, out_dir: str) -> str:
       with open(os.path.join(tmp, feature_filename(f["feature"])), "w", encoding="utf-8") as fh:
         fh.write(render_feature(f, data, prev_f, next_f))
 
-  return sio.write_dir(out_dir, write)
+  return sio.write_dir(out_dir, write, "dashboard")
