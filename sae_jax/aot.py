@@ -158,7 +158,7 @@ def compile_collect(model_cfg, dtype, layer: int, site: str, batch_rows: int, co
   The run holds the whole model on the devices though the step reads layers 0..layer only, so the step is
   wrapped with keep_unused=True: XLA's argument bytes are then the resident weights.
   """
-  from sae_jax.activations.collect import site_forward
+  from sae_jax.models.inference import site_forward
   from sae_jax.models.loading import abstract_model
   shd.check_batch_splits(batch_rows, mesh, "a model batch (data.store_batch_rows)")
   graphdef, state = abstract_model(model_cfg, dtype, mesh)

@@ -501,13 +501,13 @@ def evaluate(c, sae_dir: str, out: str, dashboard: str = "") -> dict:
   sio.check_output_dir(out, "--out")
   tasks = section(c, "tasks").load()
   sae = load_saelens(sae_dir) if sae_dir else None
-  shape = section(c, "model").peek()
-  if shape is not None:  # bad steering settings fail before the weights load
-    steer_eval.steering_settings(sae, shape, steering, dashboard)
+  shape = section(c, "model").peek()  # from config.json alone, so bad steering fails before the weights load
+  settings = steer_eval.steering_settings(sae, shape, steering, dashboard) if shape is not None else None
   mesh = section(c, "mesh").make()
   model = section(c, "model").load(mesh)
-  summary = steer_eval.evaluate(model, c.model.path, tasks, out, sampling, engine, steering, sae=sae,
-                                dashboard=dashboard, mesh=mesh)
+  if settings is None:
+    settings = steer_eval.steering_settings(sae, model.cfg, steering, dashboard)
+  summary = steer_eval.evaluate(model, c.model.path, tasks, out, sampling, engine, settings, mesh=mesh)
   steer_eval.print_table(summary)
   table = {}
   for t in summary["tasks"]:

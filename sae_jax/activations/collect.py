@@ -5,7 +5,7 @@ import numpy as np
 
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
-from sae_jax.models.inference import make_site_fn, site_forward  # noqa: F401  (the collector's forward)
+from sae_jax.models.inference import make_site_fn  # noqa: F401  (the collector's forward)
 from sae_jax.models.transformer import Transformer
 
 

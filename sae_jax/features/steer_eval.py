@@ -135,12 +135,13 @@ def make_generate(engine: Engine, settings: dict[str, Any], stop_ids: Sequence[i
 
 
 def evaluate(model, tokenizer, tasks: dict, out_dir: str, config: runner.SamplingConfig, engine_opts: EngineConfig,
-             steering_opts: SteeringConfig, sae=None, dashboard: str = "", mesh=None, log=None) -> dict:
+             steering: tuple, mesh=None, log=None) -> dict:
   """Runs every setting on every task (resuming from `out_dir`); writes summary.json, report.md, plots and
-  steering.json (the units of every steered feature). Returns the full summary."""
+  steering.json (the units of every steered feature). `steering` is what `steering_settings` built. Returns the
+  full summary."""
   config.validate()
   log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-  plan, settings, described = steering_settings(sae, model.cfg, steering_opts, dashboard)
+  plan, settings, described = steering  # from `steering_settings`
   for d in described:
     for f in d["per_feature"]:
       log(f"[evaluate] {d['setting']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
