@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up from scratch if needed, then run the whole test suite (8 fake CPU devices, offline).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# Peer packages that cannot share .venv (SAELens 5.5.2, TransformerLens 2.18): tests call them in .venv-bench.
+bash launch/bench_env.sh
 # The dashboard test renders a page in headless Chromium (Debian package).
 if ! command -v chromium > /dev/null; then
   if [ "$(id -u)" = 0 ]; then

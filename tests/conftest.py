@@ -17,6 +17,14 @@ FIXTURES = os.path.join(REPO, "tests", "fixtures")
 
 
 @pytest.fixture(scope="session")
+def bench_python():
+  """The interpreter of .venv-bench (launch/bench_env.sh): real SAELens 5.5.2 and TransformerLens, pinned."""
+  path = os.path.join(REPO, ".venv-bench", "bin", "python")
+  assert os.path.exists(path), "the peer virtualenv is missing: run bash launch/bench_env.sh (launch/test.sh does)"
+  return path
+
+
+@pytest.fixture(scope="session")
 def assets():
   from sae_jax.assets import build_all
   return build_all()
