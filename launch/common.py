@@ -17,7 +17,8 @@ from sae_jax.errors import UserError, exit_on_user_error
 
 FLAGS = flags.FLAGS
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-SAE_HELP = "SAE dir in SAELens format (ours or e.g. the paper's released SAE)."
+SAE_HELP = ("SAE: a dir in SAELens (ours, SAELens 5 or 6) or sparsify format, or a hub SAE 'release/sae_id' "
+            "(a SAELens release, or 'owner/name/sae_id', e.g. the paper's released SAE; README, 'SAE files').")
 
 
 def define_config(sections, default: str | None = None, sae: str | None = None, out: str | None = None) -> None:

@@ -21,7 +21,7 @@ from sae_jax import runs
 SECTIONS = ("model", "mesh", "data", "activations", "hook", "reasonscore", "diff")
 FLAGS = flags.FLAGS
 common.define_config(SECTIONS, default="paper_reasonscore_extraction.py", out="Output dir.",
-                     sae="SAE dir in SAELens format, applied to both models (usually trained on B).")
+                     sae=common.SAE_HELP + " Applied to both models (usually trained on B).")
 flags.DEFINE_string("model_a", None, "Model A, the reference (e.g. the base model): converted checkpoint dir, HF "
                     "dir, .gguf or hub id; same width as B (--config.model.path), read with model.dtype.")
 flags.DEFINE_string("activations_a", None, "Instead of --model_a: a cache of A's activations "

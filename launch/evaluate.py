@@ -18,8 +18,7 @@ from sae_jax import runs
 SECTIONS = ("model", "mesh", "tasks", "sampling", "engine", "steering")
 FLAGS = flags.FLAGS
 common.define_config(SECTIONS, default="eval_paper_r1_llama8b.py",
-                     sae="SAE dir (SAELens or sparsify format) whose steering.features are steered; without it "
-                         "only the baseline runs.",
+                     sae=common.SAE_HELP + " Its steering.features are steered; without it only the baseline runs.",
                      out="Output dir (samples.jsonl, summary.json, report.md, plots, steering.json).")
 flags.DEFINE_string("dashboard", "", "A launch/dashboard.py output dir: the max activation of every steered feature "
                     "when steering.max_activations is empty (and shown beside given ones).")

@@ -3,6 +3,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 # Peer packages that cannot share .venv (SAELens 5.5.2, TransformerLens 2.18): tests call them in .venv-bench.
 bash launch/bench_env.sh
+# SAELens 6 and sparsify (the SAE file-format round trips) cannot share either: tests call them in .venv-compat.
+bash launch/compat_env.sh
 # The dashboard test renders a page in headless Chromium (Debian package).
 if ! command -v chromium > /dev/null; then
   if [ "$(id -u)" = 0 ]; then

@@ -39,7 +39,7 @@ from sae_jax.features.reasonscore import ReasonScores, reasonscore_corpus
 from sae_jax.features.vocab import Vocabulary, load_reason_strings
 from sae_jax.models.checkpoint import ModelSpec
 from sae_jax.models.sharding import MeshConfig, batch_sharding, maybe_initialize_distributed
-from sae_jax.sae import SAE, SAEConfig, load_saelens
+from sae_jax.sae import SAE, SAEConfig, load_sae
 from sae_jax.sae.splice_eval import splice_metrics
 from sae_jax.sae.trainer import BatchStream, TrainerOptions, check_mesh, finished
 from sae_jax.sae.trainer import train as train_sae
@@ -314,7 +314,7 @@ def _feature_inputs(c, sae_dir: str, given=(), what: str = "the model") -> _Feat
   config keys set on the command line, as a cache refuses corpus keys)."""
   maybe_initialize_distributed()
   mesh = section(c, "mesh").make()
-  sae = load_saelens(sae_dir)
+  sae = load_sae(sae_dir)
   hook = section(c, "hook")
   layer, site = (sae.cfg.hook_layer if hook.layer is None else hook.layer), (hook.site or sae.cfg.hook_site)
   if bool(c.model.path) == bool(c.activations.cache_dir):
@@ -500,7 +500,7 @@ def evaluate(c, sae_dir: str, out: str, dashboard: str = "") -> dict:
   sampling.validate()
   sio.check_output_dir(out, "--out")
   tasks = section(c, "tasks").load()
-  sae = load_saelens(sae_dir) if sae_dir else None
+  sae = load_sae(sae_dir) if sae_dir else None
   shape = section(c, "model").peek()  # from config.json alone, so bad steering fails before the weights load
   settings = steer_eval.steering_settings(sae, shape, steering, dashboard) if shape is not None else None
   mesh = section(c, "mesh").make()

@@ -25,6 +25,14 @@ def bench_python():
 
 
 @pytest.fixture(scope="session")
+def compat_python():
+  """The interpreter of .venv-compat (launch/compat_env.sh): real SAELens 6 and eai-sparsify, pinned."""
+  path = os.path.join(REPO, ".venv-compat", "bin", "python")
+  assert os.path.exists(path), "the compat virtualenv is missing: run bash launch/compat_env.sh (launch/test.sh does)"
+  return path
+
+
+@pytest.fixture(scope="session")
 def assets():
   from sae_jax.assets import build_all
   return build_all()

@@ -75,7 +75,12 @@ def test_saelens_cfg_json_per_architecture(tmp_path):
   d, tensors = written("topk")
   assert (d["architecture"], d["activation_fn_str"], d["activation_fn_kwargs"], d["k"]) == ("topk", "topk",
                                                                                            {"k": 4}, 4)
-  assert d["apply_b_dec_to_input"] is True and d["normalize_sae_decoder"] is True
+  assert d["apply_b_dec_to_input"] is True and d["rescale_acts_by_decoder_norm"] is False
+  assert d["normalize_sae_decoder"] is False  # random rows: the file says what is true of them, not cfg's True
+  unit = _params(_cfg("topk"))
+  unit["W_dec"] = unit["W_dec"] / np.linalg.norm(unit["W_dec"], axis=1, keepdims=True)
+  with open(os.path.join(save_saelens(str(tmp_path / "unit"), SAE(unit, _cfg("topk"))), "cfg.json")) as f:
+    assert json.load(f)["normalize_sae_decoder"] is True
   assert tensors == {"W_enc": "F32", "b_enc": "F32", "W_dec": "F32", "b_dec": "F32"}
   for arch in ("jumprelu", "batchtopk"):  # SAELens exports BatchTopK as JumpReLU
     d, tensors = written(arch)
@@ -127,7 +132,7 @@ def test_saelens_written_topk_loads(tmp_path, arch_keys):
 
 
 @pytest.mark.parametrize("cfg_change, tensor_change, message", [
-    ({"architecture": "gated"}, None, "unsupported SAE architecture 'gated': expected 'standard', 'topk' or"),
+    ({"architecture": "gated"}, None, "unsupported SAE architecture 'gated': expected 'standard', 'topk', 'batc"),
     ({"architecture": "topk", "activation_fn_str": "topk"}, None, "unsupported activation_fn_str 'topk' without a k"),
     ({"architecture": "jumprelu", "activation_fn_str": "tanh-relu"}, None, "activation_fn_str 'tanh-relu'"),
     ({"architecture": "jumprelu"}, None, "'jumprelu' with no 'threshold' tensor"),
@@ -153,8 +158,8 @@ def test_sparsify_round_trip_is_bit_exact_and_has_sparsify_layout(tmp_path):
     d = json.load(f)
   assert {k: d[k] for k in ("activation", "expansion_factor", "normalize_decoder", "num_latents", "k", "d_in",
                             "multi_topk", "skip_connection", "transcode")} == {
-      "activation": "topk", "expansion_factor": 4, "normalize_decoder": True, "num_latents": D_SAE, "k": 4,
-      "d_in": D_IN, "multi_topk": False, "skip_connection": False, "transcode": False}
+      "activation": "topk", "expansion_factor": 4, "normalize_decoder": False, "num_latents": D_SAE, "k": 4,
+      "d_in": D_IN, "multi_topk": False, "skip_connection": False, "transcode": False}  # random rows: not unit
   with safe_open(os.path.join(out, "sae.safetensors"), "numpy") as f:
     assert sorted(f.keys()) == ["W_dec", "b_dec", "encoder.bias", "encoder.weight"]
     np.testing.assert_array_equal(f.get_tensor("encoder.weight"), params["W_enc"].T)

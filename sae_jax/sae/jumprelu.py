@@ -129,5 +129,4 @@ def saelens_keys(cfg) -> dict:
   # SAELens 5.5.2 uses l1_coefficient as jumprelu's L0 coefficient.
   return {"architecture": "jumprelu", "activation_fn_str": "relu", "activation_fn_kwargs": {},
           "l1_coefficient": cfg.l0_coefficient, "decoder_heuristic_init": False,
-          "scale_sparsity_penalty_by_decoder_norm": False, "jumprelu_init_threshold": cfg.jumprelu_init_threshold,
-          "jumprelu_bandwidth": cfg.jumprelu_bandwidth}
+          "scale_sparsity_penalty_by_decoder_norm": False}

@@ -1,12 +1,21 @@
 """SAELens' on-disk SAE format: a dir with `cfg.json` + `sae_weights.safetensors` (W_enc, b_enc, W_dec, b_dec,
 and `threshold` [d_sae] for JumpReLU).
 
-What we write loads with SAELens 5.5.2 `SAE.load_from_pretrained(dir)` (and, uploaded to the hub, with
-`SAE.from_pretrained`): cfg.json carries every `SAEConfig` field, the training keys SAELens' trainer writes,
-and our full config under "sae_jax". Architectures as SAELens 5.5.2 names them: standard (ReLU); topk
-(architecture "topk", activation_fn_str "topk", k in activation_fn_kwargs; also a top-level "k" as SAELens 6
-reads it); jumprelu (threshold tensor = exp(log_threshold)); batchtopk is saved as a jumprelu SAE, as SAELens
-exports it. What SAELens writes loads here in those forms too (also the older standard + activation "topk").
+Writing: SAELens 5.x's layout (hook and data keys at the top level), which SAELens 5.5.2 loads as an `SAE` and
+as a `TrainingSAE` (its TrainingSAEConfig needs every training key, jumprelu ones included) and SAELens 6 loads
+through its pre-6.0 conversion; our full config goes under "sae_jax". Architectures as SAELens names them:
+standard (ReLU); topk (architecture "topk", activation_fn_str "topk", k in activation_fn_kwargs and at the top
+level, `rescale_acts_by_decoder_norm: false`, which SAELens 6's training config would otherwise default to true);
+jumprelu (threshold = exp(log_threshold)); batchtopk is saved as the JumpReLU SAE it is at inference, as SAELens
+exports it.
+
+Reading: ours, SAELens 5.x (`save_model`, the trainer's checkpoints) and SAELens 6 (`save_model` = training
+format, `save_inference_model`; hook and data keys under "metadata"): standard, topk, jumprelu, and SAELens 6's
+training-format batchtopk (its scalar `topk_threshold` becomes the JumpReLU threshold, as SAELens' inference
+export does). A key that changes the maths is implemented or refused by name (`_refuse_unsupported`), never
+ignored: topk / batchtopk `rescale_acts_by_decoder_norm: true` (SAELens 6's training default: the top k is taken
+of pre-activations times decoder row norms) is the same SAE with those norms folded in, so it loads in "folded"
+units. What the weights take (raw or scaled activations) is decided once, in `saelens_units`.
 """
 
 import json
@@ -22,10 +31,15 @@ from sae_jax import __version__
 from sae_jax import io as sio
 from sae_jax.errors import UserError
 from sae_jax.sae.config import NORMALIZE_ACTIVATIONS, SAEConfig, parse_hook_name
-from sae_jax.sae.core import SAE, architecture, checked_params
+from sae_jax.sae.core import SAE, architecture, checked_params, fold_W_dec_norm
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
+# Where SAELens keeps the norm scaling factor of weights it has not folded yet (mid-training checkpoints):
+# SAELens 6 in activation_scaler.json {"scaling_factor": s}, 5.x as a tensor of the activations store's state.
+SAELENS6_SCALER = "activation_scaler.json"
+SAELENS5_STORE = "activations_store_state.safetensors"
+UNIT_NORM_ATOL = 1e-4  # decoder rows within this of norm 1 are written as unit-norm (normalize_sae_decoder)
 
 
 def saelens_architecture(cfg: SAEConfig) -> str:
@@ -33,8 +47,13 @@ def saelens_architecture(cfg: SAEConfig) -> str:
   return architecture(cfg).saelens_keys(cfg)["architecture"]
 
 
+def unit_norm_rows(w_dec) -> bool:
+  """Whether every decoder row has norm 1 (what a file's `normalize_*decoder` key may then truthfully say)."""
+  return bool(np.all(np.abs(np.linalg.norm(np.asarray(w_dec, np.float64), axis=1) - 1) <= UNIT_NORM_ATOL))
+
+
 def saelens_cfg_dict(sae: SAE) -> dict[str, Any]:
-  """cfg.json contents: SAELens 5.5.2 `SAEConfig.to_dict()` keys + its trainer's keys + ours under "sae_jax"."""
+  """cfg.json contents: SAELens 5.5.2 `TrainingSAEConfig.to_dict()` keys + ours under "sae_jax"."""
   cfg = sae.cfg
   scaled = sae.units == "scaled"
   return {
@@ -60,11 +79,13 @@ def saelens_cfg_dict(sae: SAE) -> dict[str, Any]:
       # What SAELens' TrainingSAEConfig adds; it describes how these weights were trained.
       "lp_norm": 1.0,
       "use_ghost_grads": False,
-      "normalize_sae_decoder": cfg.normalize_decoder,
+      "normalize_sae_decoder": cfg.normalize_decoder and unit_norm_rows(sae.params["W_dec"]),
       "noise_scale": 0.0,
       "decoder_orthogonal_init": False,
       "mse_loss_normalization": None,
       "init_encoder_as_decoder_transpose": True,
+      "jumprelu_init_threshold": cfg.jumprelu_init_threshold,
+      "jumprelu_bandwidth": cfg.jumprelu_bandwidth,
       # architecture, activation_fn_str / _kwargs, l1_coefficient, decoder_heuristic_init, ...
       **architecture(cfg).saelens_keys(cfg),
       "sae_jax": {"version": __version__, "config": cfg.to_dict(), "units": sae.units,
@@ -81,8 +102,10 @@ def save_saelens(out_dir: str, sae: SAE) -> str:
   """
   if sae.units == "scaled" and sae.cfg.normalize_activations == "none":
     raise UserError("norm_scaling_factor given but the SAE config has normalize_activations='none'")
-  arrays = checked_params(sae.inference().params, sae.cfg, "params to save")
-  return write_sae_dir(out_dir, arrays, saelens_cfg_dict(sae), CFG_FILENAME, WEIGHTS_FILENAME)
+  sae = sae.inference()
+  arrays = checked_params(sae.params, sae.cfg, "params to save")
+  return write_sae_dir(out_dir, arrays, saelens_cfg_dict(sae.replace(params=arrays)), CFG_FILENAME,
+                       WEIGHTS_FILENAME)
 
 
 def write_sae_dir(out_dir: str, arrays: dict, cfg_dict: dict, cfg_name: str, weights_name: str) -> str:
@@ -112,86 +135,164 @@ def read_sae_dir(path: str, kind: str, cfg_name: str, weights_name: str) -> tupl
   return raw, cfg_path, weights_path
 
 
-def load_saelens(path: str) -> SAE:
-  """Reads a SAELens SAE dir (ours or SAELens') as an SAE of float32 numpy params, whatever their stored dtype.
+def load_saelens(path: str, overrides: dict | None = None, norm_scaling_factor: float | None = None) -> SAE:
+  """Reads a SAELens SAE dir (ours, SAELens 5.x or 6) as an SAE of float32 numpy params, whatever their stored
+  dtype, in the units `saelens_units` gives.
 
-  Its units are "scaled" when we saved it with its norm scaling factor, else as saved ("raw" for SAELens' own
-  files: a SAELens file that expects scaled activations does not store the factor, so it is used as it is).
+  `overrides` (cfg.json keys) and `norm_scaling_factor` are what SAELens' pretrained_saes.yaml says of a hub
+  release (`config_overrides`, a factor SAELens folds in when loading it).
   """
   raw, cfg_path, weights_path = read_sae_dir(path, "SAELens", CFG_FILENAME, WEIGHTS_FILENAME)
+  d = _flat(dict(raw, **(overrides or {})))
   try:
-    cfg, units, s = _config_from_saelens(raw, cfg_path)
+    cfg = _config_from_saelens(d)
+    units, scale = saelens_units(d, path, norm_scaling_factor)
   except UserError as e:
     msg = str(e)
     raise UserError(msg if msg.startswith(cfg_path) else f"{cfg_path}: {msg}") from None
   tensors = read_tensors(weights_path)
-  if "threshold" in architecture(cfg).param_names(training=False) and "threshold" not in tensors:
-    raise UserError(f"{weights_path}: unsupported SAE architecture {raw.get('architecture')!r} with no 'threshold' "
+  if "threshold" in architecture(cfg).param_names(training=False) and not {"threshold", "log_threshold",
+                                                                            "topk_threshold"} & set(tensors):
+    raise UserError(f"{weights_path}: unsupported SAE architecture {d.get('architecture')!r} with no 'threshold' "
                     f"tensor: expected 'standard' weights, or a threshold [{cfg.d_sae}] for jumprelu")
-  return SAE(checked_params(tensors, cfg, weights_path), cfg, units, s)
+  threshold = _threshold(tensors, cfg.d_sae)
+  if d.get("rescale_acts_by_decoder_norm"):
+    # SAELens: topk of h * |W_dec_i|, decoded with f / |W_dec_i|: the folded SAE. A threshold (batchtopk) is
+    # already in those units, so it is not folded.
+    tensors = {k: np.asarray(v, np.float32) for k, v in fold_W_dec_norm(tensors).items()}
+    units = "folded" if units == "raw" else units
+  if threshold is not None:
+    tensors["threshold"] = threshold
+  return SAE(checked_params(tensors, cfg, weights_path), cfg, units, scale)
 
 
-def _config_from_saelens(raw: dict[str, Any], where: str) -> tuple[SAEConfig, str, float]:
-  """SAELens keys -> (SAEConfig, units, scale), with SAELens' defaults for old cfg.json files
-  (`handle_config_defaulting`)."""
-  d = dict(raw)
-  if isinstance(d.get("normalize_activations"), bool):  # pre-2024 files stored a bool
-    d["normalize_activations"] = "expected_average_only_in" if d["normalize_activations"] else "none"
-  architecture = d.get("architecture", "standard")
+def saelens_units(d: dict, path: str | None, norm_scaling_factor: float | None = None) -> tuple[str, float]:
+  """(units, scale) of a SAELens dir's weights: the one place that decides it.
+
+  Ours: as saved under "sae_jax". SAELens' `normalize_activations: expected_average_only_in` says how the SAE was
+  trained, not what its weights take: SAELens folds the factor into the weights at the end of training (5.x still
+  writes the key into the final cfg.json; SAELens' SAE never scales at inference), so such weights are raw unless
+  the factor that was not folded is known: a mid-training checkpoint's (SAELens 6 activation_scaler.json, 5.x
+  activations store state) or a hub release's `norm_scaling_factor` (which SAELens' from_pretrained folds in).
+  """
+  ours = d.get("sae_jax")
+  if isinstance(ours, dict) and "config" in ours:
+    s = ours.get("norm_scaling_factor")
+    return ("scaled", float(s)) if s is not None else (ours.get("units", "raw"), 1.0)
+  if d.get("normalize_activations") != "expected_average_only_in":
+    return "raw", 1.0
+  s = norm_scaling_factor if norm_scaling_factor is not None else _checkpoint_scaling_factor(path)
+  return ("raw", 1.0) if s is None else ("scaled", float(s))
+
+
+def _checkpoint_scaling_factor(path: str | None) -> float | None:
+  if path is None:
+    return None
+  scaler = os.path.join(path, SAELENS6_SCALER)
+  if os.path.isfile(scaler):
+    try:
+      with open(scaler) as f:
+        s = json.load(f).get("scaling_factor")
+    except (json.JSONDecodeError, AttributeError) as e:
+      raise UserError(f"{scaler} is not a JSON object with 'scaling_factor': {e}") from None
+    return None if s is None else float(s)
+  store = os.path.join(path, SAELENS5_STORE)
+  if not os.path.isfile(store):
+    return None
+  try:  # read the one scalar: the file also holds the activation buffer
+    with safe_open(store, framework="numpy") as f:
+      names = set(f.keys())  # noqa: SIM118 (safe_open is not a mapping)
+      s = f.get_tensor("estimated_norm_scaling_factor") if "estimated_norm_scaling_factor" in names else None
+  except (OSError, SafetensorError) as e:
+    raise UserError(f"{store} is not a readable safetensors file: {e}") from None
+  return None if s is None else float(s)
+
+
+def _flat(d: dict) -> dict:
+  """SAELens 6 keeps hook and data keys under "metadata", 5.x at the top level: one flat dict (top level wins);
+  pre-2024 files stored normalize_activations as a bool."""
+  meta = d.get("metadata")
+  out = {**(meta if isinstance(meta, dict) else {}), **{k: v for k, v in d.items() if k != "metadata"}}
+  if isinstance(out.get("normalize_activations"), bool):
+    out["normalize_activations"] = "expected_average_only_in" if out["normalize_activations"] else "none"
+  return out
+
+
+# Keys of SAELens 5.x / 6 cfg.json files that change what the SAE computes, with the values we implement; any
+# other value is refused by name. (rescale_acts_by_decoder_norm is implemented in load_saelens; training-only
+# keys, such as losses and their coefficients, change nothing at inference.)
+_MATHS_KEYS = {"finetuning_scaling_factor": (False, None), "hook_head_index": (None,),
+               "reshape_activations": ("none", None), "normalize_activations": NORMALIZE_ACTIVATIONS + (None,)}
+
+
+def _refuse_unsupported(d: dict) -> None:
+  for key, ok in _MATHS_KEYS.items():
+    if key in d and d[key] not in ok:
+      raise UserError(f"{key}={d[key]!r} is not supported: expected one of {[v for v in ok if v is not None]}")
+
+
+def _config_from_saelens(d: dict[str, Any]) -> SAEConfig:
+  """SAELens keys (flattened) -> SAEConfig, with SAELens' defaults for old cfg.json files."""
+  _refuse_unsupported(d)
+  arch = d.get("architecture", "standard")
   activation = d.get("activation_fn_str", d.get("activation_fn", "relu"))
-  normalize = d.get("normalize_activations", "none")
-  arch_kwargs = _saelens_architecture_kwargs(architecture, activation, d, where)
-  if d.get("finetuning_scaling_factor", False):
-    raise UserError(f"{where}: finetuning_scaling_factor=true is not supported: expected false")
-  if normalize not in NORMALIZE_ACTIVATIONS:
-    raise UserError(f"{where}: unsupported normalize_activations {normalize!r}: "
-                    f"expected one of {NORMALIZE_ACTIVATIONS}")
+  arch_kwargs = _saelens_architecture_kwargs(arch, activation, d)
   for key in ("d_in", "d_sae", "hook_name"):
     if key not in d:
-      raise UserError(f"{where} is missing the key {key!r}")
+      raise UserError(f"missing the key {key!r}")
   ours = d.get("sae_jax")
   if isinstance(ours, dict) and "config" in ours:
     cfg = SAEConfig.from_dict(ours["config"])
     if ((cfg.d_in, cfg.d_sae, cfg.hook_name, saelens_architecture(cfg))
-        != (d["d_in"], d["d_sae"], d["hook_name"], architecture)):
-      raise UserError(f"{where}: the 'sae_jax' config disagrees with d_in/d_sae/hook_name/architecture: "
-                      "expected the same")
-    s = ours.get("norm_scaling_factor")
-    return cfg, ("scaled" if s is not None else ours.get("units", "raw")), (1.0 if s is None else float(s))
+        != (d["d_in"], d["d_sae"], d["hook_name"], arch)):
+      raise UserError("the 'sae_jax' config disagrees with d_in/d_sae/hook_name/architecture: expected the same")
+    return cfg
   layer, site = parse_hook_name(d["hook_name"])
   kwargs = dict(d_in=d["d_in"], d_sae=d["d_sae"], apply_b_dec_to_input=bool(d.get("apply_b_dec_to_input", True)),
                 model_name=str(d.get("model_name") or ""), hook_layer=layer, hook_site=site,
                 dataset_path=str(d.get("dataset_path") or ""), prepend_bos=bool(d.get("prepend_bos", True)),
-                normalize_activations=normalize, **arch_kwargs)
+                normalize_activations=d.get("normalize_activations") or "none", **arch_kwargs)
   if d.get("context_size"):
     kwargs["context_size"] = d["context_size"]
-  if d.get("l1_coefficient") is not None:
-    kwargs["l0_coefficient" if kwargs["architecture"] == "jumprelu" else "l1_coefficient"] = d["l1_coefficient"]
-  for key in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
-    if kwargs["architecture"] == "jumprelu" and d.get(key):
-      kwargs[key] = d[key]
-  return SAEConfig(**kwargs), "raw", 1.0
+  jumprelu = kwargs["architecture"] == "jumprelu"
+  if d.get("l1_coefficient") is not None:  # SAELens 5.x: jumprelu's L0 coefficient too
+    kwargs["l0_coefficient" if jumprelu else "l1_coefficient"] = d["l1_coefficient"]
+  training = ("jumprelu_init_threshold", "jumprelu_bandwidth", "l0_coefficient") if jumprelu else (
+      ("topk_threshold_lr",) if kwargs["architecture"] == "batchtopk" else ())
+  kwargs.update({k: d[k] for k in training if d.get(k)})
+  return SAEConfig(**kwargs)
 
 
-def _saelens_architecture_kwargs(architecture, activation, d, where) -> dict[str, Any]:
-  """SAEConfig fields for SAELens' (architecture, activation_fn_str): standard+relu, topk (as architecture "topk"
-  or, in older files, standard + activation "topk"), jumprelu+relu."""
-  if architecture == "jumprelu" and activation == "relu":
-    return {"architecture": "jumprelu"}
-  if architecture == "standard" and activation == "relu":
-    return {"architecture": "standard"}
-  if architecture in ("standard", "topk") and activation in ("topk", "relu"):
+def _saelens_architecture_kwargs(arch, activation, d) -> dict[str, Any]:
+  """SAEConfig fields for SAELens' (architecture, activation): standard+relu, topk (as architecture "topk" or, in
+  older files, standard + activation "topk"), jumprelu+relu, SAELens 6's training-format batchtopk."""
+  if arch in ("jumprelu", "standard") and activation == "relu":
+    return {"architecture": arch}
+  if arch in ("standard", "topk", "batchtopk") and activation in ("topk", "relu"):
     kwargs = d.get("activation_fn_kwargs") or {}
     k = kwargs.get("k", d.get("k")) if isinstance(kwargs, dict) else None
     if k is None:
-      raise UserError(f"{where}: unsupported activation_fn_str {activation!r} without a k "
+      raise UserError(f"unsupported activation_fn_str {activation!r} without a k "
                       "(activation_fn_kwargs {'k': ...}): expected 'relu', or 'topk' with k")
-    return {"architecture": "topk", "k": k}
-  if architecture in ("standard", "jumprelu", "topk"):
-    raise UserError(f"{where}: unsupported activation_fn_str {activation!r} for architecture {architecture!r}: "
+    if isinstance(k, float) and k.is_integer():
+      k = int(k)
+    return {"architecture": "batchtopk" if arch == "batchtopk" else "topk", "k": k}
+  if arch in ("standard", "jumprelu", "topk", "batchtopk"):
+    raise UserError(f"unsupported activation_fn_str {activation!r} for architecture {arch!r}: "
                     "expected 'relu' (or 'topk' for topk)")
-  raise UserError(f"{where}: unsupported SAE architecture {architecture!r}: expected 'standard', 'topk' or "
+  raise UserError(f"unsupported SAE architecture {arch!r}: expected 'standard', 'topk', 'batchtopk' or "
                   "'jumprelu'")
+
+
+def _threshold(tensors: dict, d_sae: int):
+  """Pops a JumpReLU threshold in any of SAELens' forms: `threshold` [d_sae], `log_threshold` (older training
+  checkpoints), batchtopk's scalar `topk_threshold` (one value for every latent, as SAELens exports it)."""
+  if "log_threshold" in tensors:
+    return np.exp(tensors.pop("log_threshold")).astype(np.float32)
+  if "topk_threshold" in tensors:
+    t = tensors.pop("topk_threshold")
+    return np.full((d_sae,), t, np.float32) if np.ndim(t) == 0 else t
+  return tensors.pop("threshold", None)
 
 
 def read_tensors(weights_path: str) -> dict[str, np.ndarray]:

@@ -17,16 +17,19 @@ from sae_jax import __version__
 from sae_jax.errors import UserError
 from sae_jax.sae.config import SAEConfig, parse_hook_name
 from sae_jax.sae.core import SAE, checked_params
-from sae_jax.sae.saelens_format import read_sae_dir, read_tensors, write_sae_dir
+from sae_jax.sae.saelens_format import read_sae_dir, read_tensors, unit_norm_rows, write_sae_dir
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae.safetensors"
 _HOOKPOINT = re.compile(r"^layers\.(\d+)(\.mlp)?$")  # sparsify's hookpoint names: block output / its MLP output
 
 
-def sparsify_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
+def sparsify_cfg_dict(cfg: SAEConfig, w_dec) -> dict[str, Any]:
+  """`normalize_decoder` says what is true of the written rows: an SAE trained with unit rows on scaled
+  activations has rows of norm 1 / scale in raw units (sparsify renormalises rows when it trains on)."""
   return {"activation": "topk", "expansion_factor": max(cfg.d_sae // cfg.d_in, 1),
-          "normalize_decoder": cfg.normalize_decoder, "num_latents": cfg.d_sae, "k": cfg.k, "multi_topk": False,
+          "normalize_decoder": cfg.normalize_decoder and unit_norm_rows(w_dec), "num_latents": cfg.d_sae, "k": cfg.k,
+          "multi_topk": False,
           "skip_connection": False, "transcode": False, "d_in": cfg.d_in,
           "sae_jax": {"version": __version__, "config": cfg.to_dict()}}
 
@@ -41,7 +44,7 @@ def save_sparsify(out_dir: str, sae: SAE) -> str:
   p = checked_params(sae.raw().params, cfg, "params to save")
   arrays = {"encoder.weight": np.ascontiguousarray(p["W_enc"].T), "encoder.bias": p["b_enc"], "W_dec": p["W_dec"],
             "b_dec": p["b_dec"]}
-  return write_sae_dir(out_dir, arrays, sparsify_cfg_dict(cfg), CFG_FILENAME, WEIGHTS_FILENAME)
+  return write_sae_dir(out_dir, arrays, sparsify_cfg_dict(cfg, p["W_dec"]), CFG_FILENAME, WEIGHTS_FILENAME)
 
 
 def load_sparsify(path: str, hook_name: str | None = None) -> SAE:

@@ -193,7 +193,8 @@ def auxk_terms(params, x, x_hat, a, dead, cfg, mesh=None):
 
 
 def saelens_keys(cfg) -> dict:
-  # SAELens 5.5.2 reads k from activation_fn_kwargs, SAELens 6 from a top-level "k".
+  # SAELens 5.5.2 reads k from activation_fn_kwargs, SAELens 6 from a top-level "k". Our top k is of the plain
+  # pre-activations: said explicitly, as SAELens 6's TopKTrainingSAEConfig defaults to rescaling them by |W_dec_i|.
   return {"architecture": "topk", "activation_fn_str": "topk", "activation_fn_kwargs": {"k": cfg.k},
           "l1_coefficient": 0.0, "decoder_heuristic_init": False, "scale_sparsity_penalty_by_decoder_norm": False,
-          "k": cfg.k}
+          "k": cfg.k, "rescale_acts_by_decoder_norm": False}
