@@ -168,6 +168,13 @@ def test_sparsify_round_trip_is_bit_exact_and_has_sparsify_layout(tmp_path):
   assert loaded.cfg == cfg and loaded.units == "raw"
   for n, a in params.items():
     np.testing.assert_array_equal(loaded.params[n], a)
+  # Unit rows trained on scaled activations (s = 1/18) are rows of norm 18 in raw units: written as not unit norm.
+  unit = dict(params, W_dec=params["W_dec"] / np.linalg.norm(params["W_dec"], axis=1, keepdims=True))
+  for units, scale, unit_rows in (("raw", 1.0, True), ("scaled", 1 / 18, False)):
+    out = save_sparsify(str(tmp_path / "layers.5"), SAE(unit, cfg, units, scale))
+    with open(os.path.join(out, "cfg.json")) as f, safe_open(os.path.join(out, "sae.safetensors"), "numpy") as w:
+      assert json.load(f)["normalize_decoder"] is unit_rows
+      np.testing.assert_allclose(np.linalg.norm(w.get_tensor("W_dec"), axis=1), 1 / scale, rtol=1e-5)
 
 
 def test_sparsify_written_dir_loads(tmp_path):

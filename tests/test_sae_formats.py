@@ -177,8 +177,9 @@ def test_bad_saelens_dirs_raise_user_error(tmp_path, cfg_change, tensor_change, 
     tensors[tensor_change["add"]] = np.full(D_SAE, 0.5, np.float32)
   if "transpose" in tensor_change:
     tensors[tensor_change["transpose"]] = tensors[tensor_change["transpose"]].T
-  with pytest.raises(UserError, match=message):
+  with pytest.raises(UserError, match=message) as e:
     load_saelens(_saelens_dir(tmp_path, cfg, tensors))
+  assert "\n" not in str(e.value)
 
 
 def test_missing_and_broken_files_raise_user_error(tmp_path):

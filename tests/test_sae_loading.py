@@ -102,4 +102,6 @@ def test_real_pretrained_saes_yaml(compat_python):
   hub = loading.hub_location("gpt2-small-mlp-tm/blocks.0.hook_mlp_out",
                              directory=loading.read_pretrained_saes_yaml(path))
   assert hub == loading.HubSAE("tommmcgrath/gpt2-small-mlp-out-saes",
-                               "sae_group_gpt2_blocks.0.hook_mlp_out_24576:v1", {}, 1.049317316132615)
+                               "sae_group_gpt2_blocks.0.hook_mlp_out_24576:v1",
+                               {"dataset_path": "Skylion007/openwebtext",
+                                "model_from_pretrained_kwargs": {"center_writing_weights": True}}, 1.049317316132615)

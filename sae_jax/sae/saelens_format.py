@@ -220,7 +220,8 @@ def _flat(d: dict) -> dict:
 
 # Keys of SAELens 5.x / 6 cfg.json files that change what the SAE computes, with the values we implement; any
 # other value is refused by name. (rescale_acts_by_decoder_norm is implemented in load_saelens; training-only
-# keys, such as losses and their coefficients, change nothing at inference.)
+# keys, such as losses and their coefficients, change nothing at inference; model_from_pretrained_kwargs'
+# TransformerLens processing leaves the residual stream of RMSNorm models, the only ones we run, as it is.)
 _MATHS_KEYS = {"finetuning_scaling_factor": (False, None), "hook_head_index": (None,),
                "reshape_activations": ("none", None), "normalize_activations": NORMALIZE_ACTIVATIONS + (None,)}
 
