@@ -3,10 +3,11 @@
 
 import json
 import os
+import subprocess
 
-from huggingface_hub import constants as hf_constants
 import numpy as np
 import pytest
+from huggingface_hub import constants as hf_constants
 
 from sae_jax.errors import UserError
 from sae_jax.sae import SAE, SAEConfig, load_sae, save_saelens, save_sparsify
@@ -97,8 +98,9 @@ def test_release_norm_scaling_factor_makes_scaled_units(tmp_path, monkeypatch):
 
 def test_real_pretrained_saes_yaml(compat_python):
   """SAELens 6.54.12's own yaml: a release name resolves as SAE.from_pretrained resolves it."""
-  path = os.path.join(os.path.dirname(os.path.dirname(compat_python)), "lib", "python3.11", "site-packages",
-                      "sae_lens", "pretrained_saes.yaml")
+  origin = subprocess.run([compat_python, "-c", "import importlib.util; print(importlib.util.find_spec('sae_lens')"
+                          ".origin)"], capture_output=True, text=True, check=True).stdout.strip()
+  path = os.path.join(os.path.dirname(origin), "pretrained_saes.yaml")
   hub = loading.hub_location("gpt2-small-mlp-tm/blocks.0.hook_mlp_out",
                              directory=loading.read_pretrained_saes_yaml(path))
   assert hub == loading.HubSAE("tommmcgrath/gpt2-small-mlp-out-saes",

@@ -156,7 +156,7 @@ def load_saelens(path: str, overrides: dict | None = None, norm_scaling_factor: 
     raise UserError(f"{weights_path}: unsupported SAE architecture {d.get('architecture')!r} with no 'threshold' "
                     f"tensor: expected 'standard' weights, or a threshold [{cfg.d_sae}] for jumprelu")
   threshold = _threshold(tensors, cfg.d_sae)
-  if d.get("rescale_acts_by_decoder_norm"):
+  if d.get("rescale_acts_by_decoder_norm") and cfg.architecture in ("topk", "batchtopk"):  # SAELens' TopK field
     # SAELens: topk of h * |W_dec_i|, decoded with f / |W_dec_i|: the folded SAE. A threshold (batchtopk) is
     # already in those units, so it is not folded.
     tensors = {k: np.asarray(v, np.float32) for k, v in fold_W_dec_norm(tensors).items()}
