@@ -39,6 +39,7 @@ def test_local_dirs_of_either_format(tmp_path):
   np.testing.assert_array_equal(sparsify.params["W_enc"], _sae("topk").params["W_enc"])
   _one_line_error(str(tmp_path / "missing"), "--sae '.*missing': no such SAE dir: expected a SAELens or sparsify")
   _one_line_error("./runs/x", "no such SAE dir")
+  _one_line_error(str(tmp_path / "a" / "cfg.json"), "cfg.json' is a file: expected a SAELens or sparsify SAE dir")
   (tmp_path / "empty").mkdir()
   _one_line_error(str(tmp_path / "empty"), "cfg.json not found: expected a SAELens SAE dir")
 

@@ -36,6 +36,8 @@ def load_sae(spec: str, what: str = "--sae") -> SAE:
   spec = str(spec)
   if os.path.isdir(spec):
     return _load_dir(spec)
+  if os.path.exists(spec):
+    raise UserError(f"{what} {spec!r} is a file: expected a SAELens or sparsify SAE dir (the one holding it)")
   if not spec or os.path.isabs(spec) or spec.startswith(("~", ".")) or "/" not in spec.strip("/"):
     raise UserError(f"{what} {spec!r}: no such SAE dir: expected a SAELens or sparsify SAE dir, or a hub SAE "
                     "'release/sae_id'")
