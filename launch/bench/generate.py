@@ -11,7 +11,7 @@ A call is the whole batch, prefill included; tokens/s = slots * new tokens / sec
 the engine's progress callback and an HF logits processor (both fire once per decode step).
 
 Also measured, each in paired rounds: our steering overhead (steered vs unsteered engine), HF unsteered, bf16
-vs f32, and continuous batching vs a static batch on `--gen_mixed_requests` requests whose budgets run from
+vs f32, and continuous batching vs a static batch on `--gen_mixed_requests` requests whose budgets run log-uniformly from
 `--gen_mixed_min` to `--gen_mixed_max` new tokens: static = the same engine fed 16 requests at a time, the next
 group only when the whole group is done (the longest row holds the batch), as HF `generate` on the same groups
 (also run, as `hf_static`). `profile` times the bare jitted decode step (no engine loop) and counts the dots of
@@ -32,9 +32,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("gen_slots", 16, "generate: batch (engine slots and HF batch).")
 flags.DEFINE_integer("gen_new_tokens", 48, "generate: new tokens per row in the decode benchmark.")
 flags.DEFINE_float("gen_target", 4.0, "generate: the steering target c = strength * max activation.")
-flags.DEFINE_integer("gen_mixed_requests", 32, "generate: requests of the continuous vs static comparison.")
-flags.DEFINE_integer("gen_mixed_min", 8, "generate: the shortest output budget of the mixed set.")
-flags.DEFINE_integer("gen_mixed_max", 80, "generate: the longest output budget of the mixed set.")
+flags.DEFINE_integer("gen_mixed_requests", 64, "generate: requests of the continuous vs static comparison.")
+flags.DEFINE_integer("gen_mixed_min", 16, "generate: the shortest output budget of the mixed set.")
+flags.DEFINE_integer("gen_mixed_max", 160, "generate: the longest output budget of the mixed set (budgets are "
+                     "log-uniform between the two, a right-skewed spread like reasoning lengths).")
 flags.DEFINE_integer("gen_mixed_repeats", 2, "generate: timed rounds of the continuous vs static comparison.")
 flags.DEFINE_string("gen_mixed_dtype", "float32", "generate: dtype of the continuous vs static comparison "
                     "(float32: our faster decode on CPU).")
@@ -127,7 +128,7 @@ def run() -> dict:
   n, new, layer = FLAGS.gen_slots, FLAGS.gen_new_tokens, FLAGS.layer
   prompts = _prompts(tok, n)
   rng = np.random.RandomState(FLAGS.seed)
-  budgets = [int(round(x)) for x in np.linspace(FLAGS.gen_mixed_min, FLAGS.gen_mixed_max, FLAGS.gen_mixed_requests)]
+  budgets = [int(round(x)) for x in np.geomspace(FLAGS.gen_mixed_min, FLAGS.gen_mixed_max, FLAGS.gen_mixed_requests)]
   rng.shuffle(budgets)
   longest_prompt = max(len(p) for p in prompts)
   max_len = -(-(longest_prompt + max([new] + budgets)) // 64) * 64  # one cache length for every engine
@@ -279,7 +280,8 @@ def _mixed(engines, ours, hf_generate, prompts, budgets, Request, clock) -> dict
   out = {"dtype": FLAGS.gen_mixed_dtype, "requests": len(budgets), "budgets_min_max": [min(budgets), max(budgets)],
          "useful_tokens": useful,
          "static_decode_steps": sum(max(r.max_new_tokens for r in g) for g in groups),
-         "continuous_decode_steps_lower_bound": -(-useful // n), "engine_decode_steps": steps,
+         "continuous_decode_steps_lower_bound": -(-useful // n),
+         "continuous_decode_steps_fifo": _fifo_steps(budgets, n), "engine_decode_steps": steps,
          "continuous_vs_static": common.ratio(rounds.seconds["continuous"], rounds.seconds["static"]),
          "loadavg_1min": rounds.loadavg_1min, "sides": report}
   if "hf_static" in rounds.seconds:
@@ -287,6 +289,15 @@ def _mixed(engines, ours, hf_generate, prompts, budgets, Request, clock) -> dict
   common.log("generate", f"mixed set: continuous {report['continuous']['tokens_per_s']:.0f} tok/s, static "
              f"{report['static']['tokens_per_s']:.0f} tok/s, ratio {out['continuous_vs_static']['ratio']:.2f}")
   return out
+
+
+def _fifo_steps(budgets: list[int], slots: int) -> int:
+  """Decode steps of continuous batching with free prefills: requests taken in order by the first free slot."""
+  import heapq
+  free = [0] * slots
+  for b in budgets:
+    heapq.heappush(free, heapq.heappop(free) + b)
+  return max(free)
 
 
 def _profile(model, plan, args, prompts, max_len) -> dict:

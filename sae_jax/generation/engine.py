@@ -103,56 +103,79 @@ class Engine:
     return jax.device_put(x, shd.logical_sharding(("batch",), x.shape, self.mesh)) if self.mesh is not None else x
 
   def generate(self, requests: Iterable[Request], hook_args=None) -> Iterator[Result]:
-    """Yields each request's Result as soon as it finishes (not in request order)."""
+    """Yields each request's Result as soon as it finishes (not in request order).
+
+    The host runs one step behind the device: step t+1 is dispatched (its input tokens are step t's output,
+    still on the device) before step t's tokens are read, so the host's bookkeeping overlaps the device's work.
+    A row whose token budget is reached is known without reading tokens and leaves at once; a row ended by a stop
+    id or string is seen one step late, and that extra token is dropped.
+    """
     pending = collections.deque(requests)
     for r in pending:
       self._check(r)
-    total, done, generated_tokens, start = len(pending), 0, 0, time.time()
+    total, done, emitted, start = len(pending), 0, 0, time.time()
     n = self.slots
     cache, self._cache = self._cache, None  # donated through the steps; kept for the next call
     if cache is None:
       cache = inference.new_cache(self.cfg, n, self.max_len, self.dtype, self.mesh)
-    slot_req: list[Request | None] = [None] * n
-    out: list[list[int]] = [[] for _ in range(n)]
-    cur = np.zeros(n, np.int32)
-    temp, top_p = np.zeros(n, np.float32), np.ones(n, np.float32)
-    top_k, keys = np.zeros(n, np.int32), np.zeros((n, 2), np.uint32)
+    rows: list[_Row | None] = [None] * n  # the row each slot decodes next (None: free)
+    cur = self._place(np.zeros(n, np.int32))  # each slot's next input token, on the device
+    firsts: dict[int, int] = {}  # slot -> first token of a row prefilled since the last step
+    sampler = {k: np.zeros(n, d) for k, d in (("temperature", np.float32), ("top_p", np.float32),
+                                                ("top_k", np.int32))}
+    keys, placed = np.zeros((n, 2), np.uint32), None
+    inflight = None  # (next tokens on the device, the rows they belong to)
     try:
-      while pending or any(r is not None for r in slot_req):
+      while True:
         for s in range(n):  # refill every free slot before the next decode step
-          while slot_req[s] is None and pending:
+          while (rows[s] is None or rows[s].retired) and pending:
             req = pending.popleft()
             first, cache = self._prefill(cache, s, req, hook_args)
-            slot_req[s], out[s], cur[s] = req, [first], first
-            temp[s], top_p[s], top_k[s], keys[s] = req.temperature, req.top_p, req.top_k, req.key
-            finished = self._finished(req, out[s])
-            if finished:
-              done, generated_tokens = done + 1, generated_tokens + len(out[s])
-              yield self._result(req, out[s], finished)
-              slot_req[s] = None
-        active = np.array([r is not None for r in slot_req])
-        if not active.any():
-          continue
-        steps = np.array([len(o) for o in out], np.int32)
-        args = sampling.SamplerArgs(temperature=self._place(temp), top_p=self._place(top_p),
-                                    top_k=self._place(top_k), key=self._place(keys), step=self._place(steps))
-        nxt, cache = inference.decode_step(self.graphdef, self.state, cache, self._place(cur), self._place(active),
-                                           hook_args, args, make_hooks=self.make_hooks, sampler=sampling.sample)
-        nxt = np.asarray(nxt)
-        for s in np.flatnonzero(active):
-          req = slot_req[s]
-          out[s].append(int(nxt[s]))
-          cur[s] = nxt[s]
-          finished = self._finished(req, out[s])
-          if finished:
-            done, generated_tokens = done + 1, generated_tokens + len(out[s])
-            yield self._result(req, out[s], finished)
-            slot_req[s] = None
-        if self.progress is not None:
-          busy = sum(r is not None for r in slot_req)
-          self.progress({"done": done, "total": total, "busy_slots": busy, "slots": n,
-                         "generated_tokens": generated_tokens + sum(len(o) for o, r in zip(out, slot_req) if r),
-                         "seconds": time.time() - start})
+            row = _Row(req, [first], self._budget(req))
+            if self._finished(row):
+              done, emitted = done + 1, emitted + len(row.tokens)
+              yield self._result(row)
+              continue
+            rows[s], firsts[s], placed = row, first, None
+            sampler["temperature"][s], sampler["top_p"][s], sampler["top_k"][s] = req.temperature, req.top_p, req.top_k
+            keys[s] = req.key
+        active = np.array([r is not None and not r.retired for r in rows])
+        dispatched = None
+        if active.any():
+          if firsts:
+            mask = np.zeros(n, bool)
+            values = np.zeros(n, np.int32)
+            for s, t in firsts.items():
+              mask[s], values[s] = True, t
+            cur = _merge(cur, self._place(mask), self._place(values))
+            firsts.clear()
+          if placed is None or not np.array_equal(placed[0], active):
+            placed = (active, self._place(active), {k: self._place(v) for k, v in sampler.items()},
+                      self._place(keys))
+          steps = np.array([1 + r.dispatched if r is not None else 0 for r in rows], np.int32)
+          args = sampling.SamplerArgs(**placed[2], key=placed[3], step=self._place(steps))
+          cur, cache = inference.decode_step(self.graphdef, self.state, cache, cur, placed[1], hook_args, args,
+                                             make_hooks=self.make_hooks, sampler=sampling.sample)
+          dispatched = (cur, [r if a else None for r, a in zip(rows, active)])
+          for s in np.flatnonzero(active):
+            rows[s].dispatched += 1
+            rows[s].retired = 1 + rows[s].dispatched >= rows[s].budget
+        if inflight is not None:  # the previous step's tokens, read while this step runs
+          tokens = np.asarray(inflight[0])
+          for s, row in enumerate(inflight[1]):
+            if row is None or row.finished:
+              continue
+            row.tokens.append(int(tokens[s]))
+            if self._finished(row):
+              done, emitted = done + 1, emitted + len(row.tokens)
+              yield self._result(row)
+          if self.progress is not None:
+            self.progress({"done": done, "total": total, "busy_slots": int(active.sum()), "slots": n,
+                           "generated_tokens": emitted + sum(len(r.tokens) for r in rows if r and not r.finished),
+                           "seconds": time.time() - start})
+        inflight = dispatched
+        if inflight is None and not pending and not any(r is not None and not r.finished for r in rows):
+          break
     finally:
       self._cache = cache
 
@@ -185,24 +208,48 @@ class Engine:
   def _budget(self, req: Request) -> int:
     return min(req.max_new_tokens, self.max_len - len(req.prompt))
 
-  def _finished(self, req: Request, toks: list[int]) -> str | None:
+  def _finished(self, row: "_Row") -> bool:
+    """Whether the row's last token ends it; sets `row.reason` (and retires it) when it does."""
+    req, toks = row.req, row.tokens
     if toks[-1] in req.stop_ids:
-      return "stop_id"
-    if req.stop_strings:
-      longest = max(len(s) for s in req.stop_strings)
-      tail = self.decode(toks[-(longest + 2):])
-      if any(s in tail for s in req.stop_strings):
-        return "stop_string"
-    if len(toks) >= self._budget(req):
-      return "length"
-    return None
+      row.reason = "stop_id"
+    elif req.stop_strings and any(s in self.decode(toks[-(max(len(s) for s in req.stop_strings) + 2):])
+                                  for s in req.stop_strings):
+      row.reason = "stop_string"
+    elif len(toks) >= row.budget:
+      row.reason = "length"
+    row.retired = row.retired or row.finished
+    return row.finished
 
-  def _result(self, req: Request, toks: list[int], reason: str) -> Result:
+  def _result(self, row: "_Row") -> Result:
+    req, toks = row.req, row.tokens
     text = self.decode(toks) if self.decode is not None else None
     if text is not None and req.stop_strings:
       cuts = [text.find(s) for s in req.stop_strings if s in text]
       text = text[:min(cuts)] if cuts else text
-    return Result(id=req.id, tokens=list(toks), text=text, finish_reason=reason, prompt_tokens=len(req.prompt))
+    return Result(id=req.id, tokens=list(toks), text=text, finish_reason=row.reason, prompt_tokens=len(req.prompt))
+
+
+@dataclasses.dataclass
+class _Row:
+  """A request in a slot: its tokens so far, decode steps dispatched for it, and whether it needs more."""
+
+  req: Request
+  tokens: list[int]
+  budget: int
+  dispatched: int = 0
+  retired: bool = False  # no further decode step: finished, or its budget is covered by dispatched steps
+  reason: str | None = None  # why it finished, once its last token is read
+
+  @property
+  def finished(self) -> bool:
+    return self.reason is not None
+
+
+@jax.jit
+def _merge(cur, mask, values):
+  """Next input tokens: `values` where `mask` (freshly prefilled rows), else the last step's output."""
+  return jnp.where(mask, values, cur)
 
 
 def greedy_generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int, eos_ids=(),

@@ -115,9 +115,8 @@ def prefill(graphdef, state, tokens, lengths, hook_args=None, make_hooks: MakeHo
   n, p = tokens.shape
   mask = jnp.arange(p)[None, :] < lengths[:, None]
   cache = KVCache.zeros(model.cfg, n, p, model.dtype)
-  out = model(tokens, attention_mask=mask, cache=cache, hooks=_hooks(make_hooks, hook_args))
-  last = jnp.take_along_axis(out.logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-  return last.astype(jnp.float32), out.cache
+  out = model(tokens, attention_mask=mask, cache=cache, hooks=_hooks(make_hooks, hook_args), logits_at=lengths - 1)
+  return out.logits[:, 0].astype(jnp.float32), out.cache
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
