@@ -211,7 +211,7 @@ def abstract_decode_args(model_cfg, dtype, slots: int, max_len: int, mesh, n_fea
   from sae_jax.models.transformer import KVCache
   from sae_jax.steering import SteeringArgs
   place = cache_shardings(model_cfg, mesh, slots, max_len)
-  kv = (slots, max_len, model_cfg.num_kv_heads, model_cfg.head_dim)
+  kv = KVCache.kv_shape(model_cfg, slots, max_len)
   cache = KVCache(k=tuple(_sds(kv, dtype, s) for s in place.k), v=tuple(_sds(kv, dtype, s) for s in place.v),
                   valid=_sds((slots, max_len), bool, place.valid), offset=_sds((slots,), jnp.int32, place.offset))
 
@@ -385,11 +385,12 @@ def _max_slots(at, total, shards: int, hbm: int, slots: int, cache_per_slot: flo
 def _cache_bytes_per_slot_per_device(model_cfg, dtype, max_len: int, mesh) -> float:
   """Per-device bytes one more slot per data shard adds to the KV cache, from its shardings (no tile padding)."""
   from sae_jax.models.inference import cache_shardings
+  from sae_jax.models.transformer import KVCache
   shards = shd.data_shards(mesh)
 
   def per_device(slots):
     place = cache_shardings(model_cfg, mesh, slots, max_len)
-    kv = (slots, max_len, model_cfg.num_kv_heads, model_cfg.head_dim)
+    kv = KVCache.kv_shape(model_cfg, slots, max_len)
     shapes = [(s.shard_shape(kv), jnp.dtype(dtype).itemsize) for s in (*place.k, *place.v)]
     shapes += [(place.valid.shard_shape((slots, max_len)), 1), (place.offset.shard_shape((slots,)), 4)]
     return sum(math.prod(shape) * size for shape, size in shapes)

@@ -86,8 +86,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
 
 def cache_shardings(cfg: ModelConfig, mesh, slots: int, max_len: int) -> KVCache:
   """Shardings of a decode cache: slots on the data axes, KV heads on `model` (the weights' rules)."""
-  kv = shd.logical_sharding(("batch", "seq", "kv_heads", None), (slots, max_len, cfg.num_kv_heads, cfg.head_dim),
-                            mesh)
+  kv = shd.logical_sharding(KVCache.AXES, KVCache.kv_shape(cfg, slots, max_len), mesh)
   row = shd.logical_sharding(("batch", "seq"), (slots, max_len), mesh)
   per_slot = shd.logical_sharding(("batch",), (slots,), mesh)
   return KVCache(k=(kv,) * cfg.num_layers, v=(kv,) * cfg.num_layers, valid=row, offset=per_slot)
@@ -128,9 +127,9 @@ def insert(cache: KVCache, prompt: KVCache, slots, lengths) -> KVCache:
   """
   p = prompt.valid.shape[1]
 
-  def put(buf, upd):
+  def put(buf, upd):  # [slots, Kv, S, D] <- [n, Kv, P, D]
     rows = jnp.zeros((upd.shape[0],) + buf.shape[1:], buf.dtype)
-    rows = jax.lax.dynamic_update_slice_in_dim(rows, upd.astype(buf.dtype), 0, axis=1)
+    rows = jax.lax.dynamic_update_slice_in_dim(rows, upd.astype(buf.dtype), 0, axis=2)
     return buf.at[slots].set(rows)
 
   valid = jnp.arange(cache.valid.shape[1])[None, :] < jnp.minimum(lengths, p)[:, None]

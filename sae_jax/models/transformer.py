@@ -48,7 +48,10 @@ class Hooks:
 
 @flax.struct.dataclass
 class KVCache:
-  """Per-layer keys/values [B, S, kv_heads, head_dim], which slots hold real tokens, and where each row writes.
+  """Per-layer keys/values [B, kv_heads, S, head_dim], which slots hold real tokens, and where each row writes.
+
+  Heads lead the sequence so attention reads the cache as stored (a [B, S, heads, D] cache is transposed,
+  i.e. copied whole, by every layer of every decode step).
 
   Every row has its own write offset, so rows of one batch can hold sequences of different lengths (the
   continuous-batching engine refills one row while the others keep decoding). A token's RoPE position is the
@@ -60,9 +63,15 @@ class KVCache:
   valid: jax.Array  # [B, S] bool
   offset: jax.Array  # [B] int32: the next tokens of row b are written at slots [offset[b], offset[b] + T)
 
+  AXES = ("batch", "kv_heads", "seq", None)  # logical axes of k and v (models/sharding.py's rules)
+
+  @staticmethod
+  def kv_shape(cfg: ModelConfig, batch: int, max_len: int) -> tuple[int, int, int, int]:
+    return (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+
   @classmethod
   def zeros(cls, cfg: ModelConfig, batch: int, max_len: int, dtype) -> "KVCache":
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = cls.kv_shape(cfg, batch, max_len)
     return cls(
         k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
         v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
@@ -71,10 +80,22 @@ class KVCache:
     )
 
 
-def write_rows(buffer: jax.Array, update: jax.Array, offsets: jax.Array) -> jax.Array:
-  """buffer [B, S, ...] with update [B, T, ...] written at slot offsets[b] of each row b."""
-  return jax.vmap(lambda buf, upd, o: jax.lax.dynamic_update_slice_in_dim(buf, upd, o, axis=0))(
+def write_rows(buffer: jax.Array, update: jax.Array, offsets: jax.Array, axis: int = 1) -> jax.Array:
+  """buffer [B, ..., S, ...] with update [B, ..., T, ...] written at slot offsets[b] of `axis` in each row b."""
+  return jax.vmap(lambda buf, upd, o: jax.lax.dynamic_update_slice_in_dim(buf, upd, o, axis=axis - 1))(
       buffer, update, offsets)
+
+
+SPAN_MIN = 128  # the shortest key span a decode step attends over
+
+
+def key_spans(max_len: int) -> tuple[int, ...]:
+  """Key spans a decode step may attend over: powers of two from SPAN_MIN, then the whole cache."""
+  spans, s = [], SPAN_MIN
+  while s < max_len:
+    spans.append(s)
+    s *= 2
+  return tuple(spans) + (max_len,)
 
 
 @flax.struct.dataclass
@@ -196,16 +217,16 @@ class Attention(nnx.Module):
     v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
     query_slot = jnp.arange(t)
+    kvh, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Kv, T, D]
     if kv_cache is not None:
       # A cache may store wider than the model dtype (f32 on CPU, where bf16 batched dots upcast the whole
       # cache every step); it holds the same model-dtype values either way.
-      k = write_rows(kv_cache[0], k.astype(kv_cache[0].dtype), cache_offset)
-      v = write_rows(kv_cache[1], v.astype(kv_cache[1].dtype), cache_offset)
+      kh = write_rows(kv_cache[0], kh.astype(kv_cache[0].dtype), cache_offset, axis=2)
+      vh = write_rows(kv_cache[1], vh.astype(kv_cache[1].dtype), cache_offset, axis=2)
       query_slot = query_slot[None, :] + cache_offset[:, None]  # [B, T]
-    kvh, groups, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
     scale = 1 / math.sqrt(hd)
     qh = q.reshape(b, t, kvh, groups, hd).transpose(0, 2, 3, 1, 4)  # [B, Kv, G, T, D]
-    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Kv, S, D]
     if kv_cache is None:
       # Keys are the queries' own tokens: causal query blocks, each against the keys up to its end.
       chunk, blocks = _causal_query_chunk(t), []
@@ -217,12 +238,19 @@ class Attention(nnx.Module):
                               self.precision))
       out = jnp.concatenate(blocks, axis=3) if len(blocks) > 1 else blocks[0]
     else:
-      key_slot = jnp.arange(k.shape[1])
+      key_slot = jnp.arange(kh.shape[2])
       mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_valid[:, None, :]  # [B, T, S]
-      out = _attend(qh, kh, vh, mask, scale, self.precision)
+      spans = key_spans(kh.shape[2]) if t < kh.shape[2] else (kh.shape[2],)
+      # Attend over the shortest span holding every row's keys: a decode step costs what the rows hold, not
+      # the cache's length, and the branches live in one program (no compile per length).
+      def upto(n):
+        return lambda: _attend(qh, kh[:, :, :n], vh[:, :, :n], mask[:, :, :n], scale, self.precision)
+
+      span = jnp.sum(jnp.max(query_slot) + 1 > jnp.asarray(spans[:-1], jnp.int32))
+      out = jax.lax.switch(span, [upto(n) for n in spans])
     out = out.transpose(0, 3, 1, 2, 4)  # [B, T, Kv, G, D]
     out = self.o_proj(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
-    return out, ((k, v) if kv_cache is not None else None)
+    return out, ((kh, vh) if kv_cache is not None else None)
 
 
 class MLP(nnx.Module):
