@@ -410,9 +410,10 @@ def _model_site_fn(c, source: str, x: _FeatureInputs):
 
 def reason_score(c, sae_dir: str, out: str, given=()) -> dict:
   """ReasonScore of every feature of the SAE at `sae_dir` over the config's corpus, or over the rows and
-  activations of `activations.cache_dir`. Writes the arrays, reasonscore.json and top_k.json into `out`."""
+  activations of `activations.cache_dir`. Writes the arrays, reasonscore.json (their digests) and top_k.json
+  as one dir swapped in at `out` (new, empty or an earlier reasonscore output)."""
   start = time.time()
-  sio.check_output_dir(out, "--out")
+  sio.check_replaceable(out, "reasonscore")
   rs = section(c, "reasonscore")
   x = _feature_inputs(c, sae_dir, given)
   if x.cache is not None:
@@ -428,9 +429,13 @@ def reason_score(c, sae_dir: str, out: str, given=()) -> dict:
   with _progress("reason_score") as progress:
     scores = reasonscore_corpus(site_fn, rows, x.sae, rs.vocabulary(tokenizer), batch_rows=c.data.store_batch_rows,
                                 alpha=rs.alpha, progress=progress, mesh=x.mesh, **settings)
-  scores.save(out)
   top = scores.top_k(rs.top_k)
-  sio.write_json(os.path.join(out, "top_k.json"), top, indent=1, default=float)
+
+  def fill(tmp):
+    scores.save(tmp)
+    sio.write_json(os.path.join(tmp, "top_k.json"), top, indent=1, default=float)
+
+  sio.write_dir(out, fill, "reasonscore")  # one output, swapped in whole: never half old, half new
   return {"out": out, "rows": int(len(rows)), "tokens": int(rows.size),
           "source": c.activations.cache_dir or c.model.path,
           "features": int(len(scores.scores)), "seconds": round(time.time() - start, 1),

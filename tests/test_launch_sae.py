@@ -127,18 +127,26 @@ def test_train_sae_on_the_fly(assets, tmp_path):
                "4/4 batches", "scaling factor", "[train] splice eval: done in "]:
     assert line in proc.stderr, (line, proc.stderr)
 
-  stopped = tmp_path / "stopped"  # the splice eval left out: it does not change the SAE
-  child = subprocess.Popen(cmd(stopped, "--config.eval.batches=0"), env=_env(), text=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
-  seen = []
-  for line in child.stderr:
-    seen.append(line)
-    if line.startswith("[train] norm estimate: "):  # its start line: the first fill runs the model next
-      child.send_signal(signal.SIGTERM)
-      break
-  rest = child.communicate(timeout=120)[1]
-  err = "".join(seen) + rest
-  assert child.returncode == 143 and "Traceback" not in err, err
+  def stop_at(out, start):
+    """Runs `cmd(out)` (no splice eval: it does not change the SAE), SIGTERM once a stderr line starts `start`."""
+    child = subprocess.Popen(cmd(out, "--config.eval.batches=0"), env=_env(), text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    seen = []
+    for line in child.stderr:
+      seen.append(line)
+      if line.startswith(start):
+        child.send_signal(signal.SIGTERM)
+        break
+    err = "".join(seen) + child.communicate(timeout=120)[1]
+    assert child.returncode == 143 and "Traceback" not in err, err
+    return err
+
+  early = tmp_path / "early"  # during the model load nothing can be saved: said, and nothing is written
+  assert stop_at(early, "[train] model ").endswith(
+      "SIGTERM during the model load, before the first checkpoint: nothing saved; rerun the same command to go on\n")
+  assert not early.exists()
+  stopped = tmp_path / "stopped"
+  err = stop_at(stopped, "[train] norm estimate: ")  # its start line: the first fill runs the model next
   assert re.search(r"SIGTERM: saved the norm estimate \([0-3]/4 batches\) and the data position to "
                    rf"{re.escape(str(stopped))}/checkpoints; rerun the same command to resume\n$", err), err
   assert not (stopped / "sae").exists() and os.listdir(stopped / "checkpoints") == ["0"]

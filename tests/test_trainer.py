@@ -250,3 +250,13 @@ def test_resume_check_covers_model_and_data_keys(tmp_path, monkeypatch, capsys):
   capsys.readouterr()
   _check_resume(saved, cfg, opts, 5, keys(mesh__data=2))
   assert "resuming step 5 with changed mesh.data (logging, checkpointing or device layout only" in capsys.readouterr().out
+
+
+def test_damaged_checkpoint_is_named(tmp_path):
+  _run(tmp_path, n_steps=10, checkpoint_every=10)
+  for p in (tmp_path / "checkpoints" / "10" / "state").rglob("*"):
+    if p.is_file() and p.parent.name == "d":
+      p.write_bytes(p.read_bytes()[:7])
+  with pytest.raises(UserError, match=rf"checkpoint 10 in {tmp_path}/checkpoints is damaged \(.+\): delete "
+                     rf"{tmp_path}/checkpoints/10 to resume from the one before"):
+    _run(tmp_path, n_steps=20, checkpoint_every=10)

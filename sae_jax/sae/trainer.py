@@ -357,8 +357,13 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None, 
       _check_resume(_saved_meta(manager, start).get("run", {}), cfg, opts, start, data)
       state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-      restored = manager.restore(start, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      try:
+        restored = manager.restore(start, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001 (Orbax and TensorStore raise bare Exceptions for damaged files)
+        raise UserError(f"checkpoint {start} in {opts.out_dir}/checkpoints is damaged "
+                        f"({str(e).strip().splitlines()[0][:160]}): delete {opts.out_dir}/checkpoints/{start} to "
+                        "resume from the one before, or give a new trainer.out_dir") from None
       state, meta = restored["state"], restored["meta"]
       params, opt_state, fire_steps = state["params"], state["opt_state"], state["fire_steps"]
       stream.restore(state["stream"], meta["stream"])
