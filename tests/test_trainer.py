@@ -134,6 +134,12 @@ def test_resume_under_a_changed_config(tmp_path, capsys):
   capsys.readouterr()
   _run(tmp_path, n_steps=30, checkpoint_every=5, log_every=3)  # harmless: resumed (nothing left to train)
   assert "resuming step 30 with changed trainer.log_every, trainer.checkpoint_every" in capsys.readouterr().out
+  for p in (tmp_path / "checkpoints" / "30" / "state").rglob("*"):  # a damaged checkpoint is named
+    if p.is_file() and p.parent.name == "d":
+      p.write_bytes(p.read_bytes()[:7])
+  with pytest.raises(UserError, match=rf"checkpoint 30 in {tmp_path}/checkpoints is damaged \(.+\): delete "
+                     rf"{tmp_path}/checkpoints/30 to resume from the one before"):
+    _run(tmp_path, n_steps=30, checkpoint_every=10)
 
 
 def _run_meta_of(out_dir):
@@ -252,11 +258,23 @@ def test_resume_check_covers_model_and_data_keys(tmp_path, monkeypatch, capsys):
   assert "resuming step 5 with changed mesh.data (logging, checkpointing or device layout only" in capsys.readouterr().out
 
 
-def test_damaged_checkpoint_is_named(tmp_path):
-  _run(tmp_path, n_steps=10, checkpoint_every=10)
-  for p in (tmp_path / "checkpoints" / "10" / "state").rglob("*"):
-    if p.is_file() and p.parent.name == "d":
-      p.write_bytes(p.read_bytes()[:7])
-  with pytest.raises(UserError, match=rf"checkpoint 10 in {tmp_path}/checkpoints is damaged \(.+\): delete "
-                     rf"{tmp_path}/checkpoints/10 to resume from the one before"):
-    _run(tmp_path, n_steps=20, checkpoint_every=10)
+def test_stop_before_any_state_says_nothing_was_saved(capsys):
+  """SIGTERM / SIGINT while nothing can be saved (runs.train's model load, tokenization) end the run at once."""
+  from sae_jax.sae.trainer import StopSignals
+  before = signal.getsignal(signal.SIGINT)
+  stop = StopSignals()
+  try:
+    for sig, code, name in [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")]:
+      stop.immediate("the model load")
+      with pytest.raises(SystemExit) as stopped:
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the handler runs at the next bytecode
+      assert stopped.value.code == code
+      assert capsys.readouterr().err == (f"{name} during the model load, before the first checkpoint: nothing "
+                                         "saved; rerun the same command to go on\n")
+    stop.deferred()
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested == signal.SIGINT  # recorded only: the trainer saves, then exits
+  finally:
+    stop.close()
+  assert signal.getsignal(signal.SIGINT) == before

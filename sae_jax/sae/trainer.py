@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import signal
-import sys
+import threading
 import time
 
 import jax
@@ -205,7 +205,8 @@ class StopSignals:
     self.requested = None  # the signal's number once one arrived while deferred
     self.phase, self.after = "the start-up", "before the first checkpoint: nothing saved"
     self.is_deferred = False
-    self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+    main = threading.current_thread() is threading.main_thread()  # Python takes handlers there only
+    self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS} if main else {}
 
   def immediate(self, phase: str, after: str = "before the first checkpoint: nothing saved") -> None:
     self.phase, self.after, self.is_deferred = phase, after, False
@@ -336,14 +337,23 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None, 
   Returns the run's summary (`runs.train` writes it to result.json) plus "sae": the trained SAE in raw units (the
   norm scaling factor folded in).
   """
+  if stop is not None:
+    return _train(cfg, stream, opts, mesh, data, stop)
+  stop = StopSignals()
+  try:
+    return _train(cfg, stream, opts, mesh, data, stop)
+  finally:
+    stop.close()
+
+
+def _train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh, data: dict | None,
+           stop: StopSignals) -> dict:
   opts.check(cfg)
   os.makedirs(opts.out_dir, exist_ok=True)
   mesh = mesh or shd.make_mesh(devices=jax.devices()[:1])
   check_mesh(cfg, mesh)
   jit_step = make_jit_step(cfg, mesh)
   manager = _manager(opts)
-  own_stop = stop is None
-  stop = stop or StopSignals()
   stop.deferred()
   stream.stop = stop
   run_meta = _run_meta(cfg, opts, data)
@@ -442,8 +452,6 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None, 
     finally:
       progress.close()
       log.close()
-      if own_stop:
-        stop.close()
 
     sae = SAE(params, cfg, "scaled", s).raw().numpy()
   sae_dir = save_saelens(os.path.join(opts.out_dir, "sae"), sae)
