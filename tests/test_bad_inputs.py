@@ -248,3 +248,14 @@ def test_bad_inputs_one_error_line_nothing_touched(inputs, tmp_path):
     if why:
       failures.append(f"{name}: {'; '.join(why)}\n{stderr[-600:]}")
   assert not failures, "\n\n".join(failures)
+
+
+def test_steering_refuses_cut_dashboard_stats(tmp_path):
+  """The steering lookup (evaluate --dashboard) reads a dashboard's features.json: a cut one is one UserError."""
+  import json
+  from sae_jax.errors import UserError
+  from sae_jax.features.steer import dashboard_max_activations
+  text = json.dumps({"meta": {}, "features": [{"feature": 7, "max_activation": 5.84}]})
+  (tmp_path / "features.json").write_text(text[:len(text) // 2])
+  with pytest.raises(UserError, match=r"features.json is not a dashboard features.json \(JSONDecodeError"):
+    dashboard_max_activations(str(tmp_path), [7])
