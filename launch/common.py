@@ -7,7 +7,9 @@ is its sections, its path flags and one `sae_jax.runs` call: `main(SECTIONS, sta
 
 import json
 import os
+import re
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -24,13 +26,14 @@ SAE_HELP = ("SAE: a dir in SAELens (ours, SAELens 5 or 6) or sparsify format, or
 def define_config(sections, default: str | None = None, sae: str | None = None, out: str | None = None) -> None:
   """--config (a configs/*.py file, default `configs/<default>`), --print_config (`sections` as read), and the
   path flags --sae and --out when their help is given."""
+  path = os.path.join(CONFIGS, default) if default else None
   try:  # with a default file, the overrides in sys.argv are applied here already
     config_flags.DEFINE_config_file(
-        "config", os.path.join(CONFIGS, default) if default else None,
+        "config", path,
         f"Run config (configs/*.py{'; default configs/' + default if default else ''}); override any key with "
         f"--config.<section>.<key>=value. Read here: {', '.join(sections)}.", lock_config=True)
-  except (AttributeError, KeyError):
-    _exit_unknown_keys(sys.argv)
+  except Exception as e:  # noqa: BLE001  (a config file may raise anything)
+    _exit_config_error(e, path, sys.argv)
   flags.DEFINE_bool("print_config", False, f"Print the sections this script reads ({', '.join(sections)}) as the run "
                     "sees them, then exit without running.")
   if sae:
@@ -67,7 +70,9 @@ def config(sections):
   except OSError as e:  # ml_collections defers a config file it could not load to the first read
     raise UserError(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}") from None
   if c is None:
-    raise UserError("--config is required (a configs/*.py file)")
+    given = _config_arg(sys.argv)
+    raise UserError(f"--config {given}: get_config() returned None" if given else
+                    "--config is required (a configs/*.py file)")
   if FLAGS.print_config:
     print(json.dumps(runs.resolved(FLAGS.config, sections), indent=1, default=str))
     raise SystemExit(0)
@@ -82,11 +87,49 @@ def given() -> frozenset:
 def _parse_flags(argv):
   try:
     return FLAGS(argv)
-  except flags.Error as e:
+  except Exception as e:  # noqa: BLE001  (a config file may raise anything)
+    _exit_config_error(e, _config_arg(argv), argv)
+
+
+def _config_arg(argv) -> str | None:
+  """The file of --config in `argv` (without ml_collections' `:argument` tail), if given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":", 1)[0]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].split(":", 1)[0]
+  return None
+
+
+def _exit_config_error(e: Exception, path: str | None, argv) -> None:
+  """One `error:` line (exit 2) for a config that does not load: a syntax error, or an exception on import or in
+  get_config (named by the innermost line of the file, or of a configs/ file it imports), or no get_config; a
+  --config.<key> the config lacks; else absl's own flag error (exit 1). Never a traceback."""
+  text = "".join(traceback.format_exception(e))  # ml_collections puts a TypeError's traceback in the message
+  mine = [os.path.abspath(path)] if path else []
+  frames = [(f, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)
+            if os.path.abspath(f) in mine or os.path.dirname(os.path.abspath(f)) == CONFIGS]
+  if isinstance(e, SyntaxError) and e.filename:
+    frames.append((e.filename, e.lineno or 0))
+  last = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  if frames:
+    file, line = frames[-1]
+    what = f"SyntaxError: {e.msg}" if isinstance(e, SyntaxError) else (last[-1] if last and isinstance(
+        e, flags.Error) else f"{type(e).__name__}: {e}")
+    _exit_error(f"cannot load --config {file}, line {line}: {what}")
+  if "get_config" in str(e):
+    _exit_error(f"cannot load --config {path}: it defines no get_config() returning the config")
+  if isinstance(e, (AttributeError, KeyError)):
+    _exit_unknown_keys(argv)
+  if isinstance(e, flags.Error):
     print(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
     sys.exit(1)
-  except (AttributeError, KeyError):
-    _exit_unknown_keys(argv)
+  raise e
+
+
+def _exit_error(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 def _exit_unknown_keys(argv):
@@ -94,9 +137,7 @@ def _exit_unknown_keys(argv):
   keys = set(_flat_keys(runs.default_config()))
   given = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
   unknown = [k for k in given if k not in keys] or given
-  print(f"error: unknown config key {', '.join(unknown)}: see the keys with --print_config or configs/default.py",
-        file=sys.stderr)
-  sys.exit(2)
+  _exit_error(f"unknown config key {', '.join(unknown)}: see the keys with --print_config or configs/default.py")
 
 
 def _flat_keys(c, prefix=""):

@@ -4,8 +4,10 @@
   python launch/train_sae.py --config=configs/demo_smollm2.py --config.activations.cache_dir=runs/acts
 
 Rerunning the same command after a kill or preemption resumes from the last checkpoint in
-`trainer.out_dir`/checkpoints. Writes metrics.jsonl, tensorboard/, result.json, run.json, and the final
-SAE in SAELens format under `trainer.out_dir`/sae.
+`trainer.out_dir`/checkpoints (under the same settings: a changed key is refused by name). SIGTERM / SIGINT
+save first (exit 143 / 130), from the norm estimate on; before it (model load, tokenization) they stop at once
+saying nothing was saved. Each phase of the start prints a line on stderr. Writes metrics.jsonl, tensorboard/,
+result.json, run.json, and the final SAE in SAELens format under `trainer.out_dir`/sae.
 """
 
 from absl import flags

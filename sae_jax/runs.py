@@ -21,6 +21,7 @@ import numpy as np
 
 from sae_jax import io as sio
 from sae_jax import paper
+from sae_jax import runinfo
 from sae_jax.activations.collect import ActivationSource, make_site_fn
 from sae_jax.activations.shards import ActivationsConfig, CachedRows, ShardReader, ShardWriter, fill_cache
 from sae_jax.data.corpus import CorpusConfig
@@ -41,7 +42,7 @@ from sae_jax.models.checkpoint import ModelSpec
 from sae_jax.models.sharding import MeshConfig, batch_sharding, maybe_initialize_distributed
 from sae_jax.sae import SAE, SAEConfig, load_sae
 from sae_jax.sae.splice_eval import splice_metrics
-from sae_jax.sae.trainer import BatchStream, TrainerOptions, check_mesh, finished
+from sae_jax.sae.trainer import BatchStream, StopSignals, TrainerOptions, check_mesh, finished
 from sae_jax.sae.trainer import train as train_sae
 
 
@@ -198,15 +199,27 @@ def load_model(c, sae_cfg: SAEConfig, mesh):
   return model
 
 
-def model_source(c, sae_cfg: SAEConfig, mesh, loop: bool) -> ActivationSource:
-  """`ActivationSource` running the config's model to `sae.hook_layer` over the corpus."""
-  model = load_model(c, sae_cfg, mesh)
-  return ActivationSource(model, token_rows(c), layer=sae_cfg.hook_layer, site=sae_cfg.hook_site,
+def model_source(c, sae_cfg: SAEConfig, mesh, loop: bool, stop: StopSignals | None = None,
+                 prefix: str = "[collect]") -> ActivationSource:
+  """`ActivationSource` running the config's model to `sae.hook_layer` over the corpus; the model load and the
+  tokenization are `runinfo.Phase`s (`prefix` names the run), during which `stop` says nothing is saved yet."""
+  if stop:
+    stop.immediate("the model load")
+  with runinfo.Phase(f"{prefix} model {c.model.path}", start=c.model.dtype) as phase:
+    model = load_model(c, sae_cfg, mesh)
+    phase.result = f"{model.cfg.num_layers} layers, width {model.cfg.hidden_size}"
+  if stop:
+    stop.immediate("the tokenization")
+  with runinfo.Phase(f"{prefix} corpus", unit="tokens", start=", ".join(c.data.sources)) as phase:
+    rows = token_rows(c)
+    phase.done = int(rows.size)
+    phase.result = f"{len(rows)} rows of {rows.shape[1]} tokens"
+  return ActivationSource(model, rows, layer=sae_cfg.hook_layer, site=sae_cfg.hook_site,
                           exclude_ids=sae_cfg.exclude_special_tokens, batch_rows=c.data.store_batch_rows,
                           mesh=mesh, loop=loop)
 
 
-def producer(c, sae_cfg: SAEConfig, mesh):
+def producer(c, sae_cfg: SAEConfig, mesh, stop: StopSignals | None = None):
   """Cached shards when `activations.cache_dir` is set, otherwise the model on the fly."""
   acts = section(c, "activations")
   if acts.cache_dir:
@@ -217,7 +230,34 @@ def producer(c, sae_cfg: SAEConfig, mesh):
       raise UserError(f"activation cache {acts.cache_dir} is incomplete (done=false: its collection stopped "
                       "early): rerun the same collect_activations.py command to finish it")
     return reader
-  return model_source(c, sae_cfg, mesh, loop=acts.loop)
+  return model_source(c, sae_cfg, mesh, loop=acts.loop, stop=stop, prefix="[train]")
+
+
+def _path_key(path: str) -> str:
+  """A path as a resume compares it: an existing local file or dir by its real path (relative, absolute and
+  symlinked spellings are one), anything else (hub id, URL, "") as written."""
+  if path and not sio.is_url(path) and os.path.exists(path):
+    return os.path.realpath(path)
+  return path
+
+
+def stream_keys(c) -> dict:
+  """The keys besides `sae.*` that fix a training run's activation stream, as its checkpoints store them so a
+  resume under others is refused (`trainer._check_resume`): `activations.*` always (a cache path normalised);
+  on the fly also the model (path normalised, dtype) and every `data.*` key (the tokenizer resolved, source paths
+  normalised). With a cache `model.*` and `data.*` are left out (the cache fixed them; the model only serves the
+  splice eval), as is `eval.*`. `mesh.*` is stored and may change (trainer.HARMLESS)."""
+  acts = section(c, "activations")
+  keys = {f"mesh.{k}": v for k, v in dataclasses.asdict(section(c, "mesh")).items()}
+  keys.update({"activations.cache_dir": _path_key(acts.cache_dir), "activations.loop": acts.loop})
+  if not acts.cache_dir:
+    data = dataclasses.asdict(section(c, "data"))
+    data["tokenizer"] = _path_key(tokenizer_path(c))
+    data["sources"] = ["#".join(filter(None, (_path_key(p), o))) for p, _, o in
+                       (src.partition("#") for src in data["sources"])]
+    keys.update({f"data.{k}": v for k, v in data.items()})
+    keys.update({"model.path": _path_key(c.model.path), "model.dtype": section(c, "model").dtype})
+  return keys
 
 
 @contextlib.contextmanager
@@ -262,29 +302,41 @@ def collect(c, out: str, shard_tokens: int, max_batches: int = 0) -> dict:
 
 
 def train(c) -> dict:
-  """Trains (or resumes) the SAE of `c` into `trainer.out_dir`, then the splice eval; writes result.json."""
-  maybe_initialize_distributed()
-  sae_cfg, opts = section(c, "sae"), section(c, "trainer")
-  opts.check(sae_cfg)
-  sio.check_output_dir(opts.out_dir, "trainer.out_dir")
-  result_path = os.path.join(opts.out_dir, "result.json")
-  if finished(sae_cfg, opts) and os.path.exists(result_path):
-    print(f"{opts.out_dir} already holds this run, trained to step {sae_cfg.n_steps}: nothing to do")
-    with open(result_path) as f:
-      return json.load(f)
-  mesh = section(c, "mesh").make()
-  check_mesh(sae_cfg, mesh)
-  acts = producer(c, sae_cfg, mesh)
-  chunk = acts.manifest["shard_tokens"] if c.activations.cache_dir else c.data.store_batch_rows * c.data.context_size
-  stream = BatchStream(acts, d=sae_cfg.d_in, batch_size=sae_cfg.batch_size, half=opts.buffer_half_tokens,
-                       slack=chunk, seed=sae_cfg.seed, sharding=batch_sharding(mesh))
-  result = train_sae(sae_cfg, stream, opts, mesh=mesh)
-  sae = result.pop("sae")
-  batches = section(c, "eval").batches
-  if c.model.path and batches > 0:
-    result["splice_eval"] = _splice_eval(c, sae, batches, mesh)
-  sio.write_json(result_path, result, default=float)
-  return result
+  """Trains (or resumes) the SAE of `c` into `trainer.out_dir`, then the splice eval; writes result.json.
+
+  SIGTERM / SIGINT are handled from the first line (`StopSignals`): before training state exists the run stops
+  at once saying nothing was saved; from the norm estimate on it saves what a rerun resumes from.
+  """
+  stop = StopSignals()
+  try:
+    maybe_initialize_distributed()
+    sae_cfg, opts = section(c, "sae"), section(c, "trainer")
+    opts.check(sae_cfg)
+    sio.check_output_dir(opts.out_dir, "trainer.out_dir")
+    result_path = os.path.join(opts.out_dir, "result.json")
+    data = stream_keys(c)
+    if finished(sae_cfg, opts, data) and os.path.exists(result_path):
+      print(f"{opts.out_dir} already holds this run, trained to step {sae_cfg.n_steps}: nothing to do")
+      with open(result_path) as f:
+        return json.load(f)
+    mesh = section(c, "mesh").make()
+    check_mesh(sae_cfg, mesh)
+    acts = producer(c, sae_cfg, mesh, stop)
+    chunk = (acts.manifest["shard_tokens"] if c.activations.cache_dir
+             else c.data.store_batch_rows * c.data.context_size)
+    stream = BatchStream(acts, d=sae_cfg.d_in, batch_size=sae_cfg.batch_size, half=opts.buffer_half_tokens,
+                         slack=chunk, seed=sae_cfg.seed, sharding=batch_sharding(mesh))
+    result = train_sae(sae_cfg, stream, opts, mesh=mesh, data=data, stop=stop)
+    sae = result.pop("sae")
+    batches = section(c, "eval").batches
+    if c.model.path and batches > 0:
+      stop.immediate("the splice eval", f"after the export: the SAE is in {result['sae_dir']}")
+      with runinfo.Phase("[train] splice eval", start=f"{batches} batches"):
+        result["splice_eval"] = _splice_eval(c, sae, batches, mesh)
+    sio.write_json(result_path, result, default=float)
+    return result
+  finally:
+    stop.close()
 
 
 def _splice_eval(c, sae: SAE, batches: int, mesh) -> dict:
@@ -358,9 +410,10 @@ def _model_site_fn(c, source: str, x: _FeatureInputs):
 
 def reason_score(c, sae_dir: str, out: str, given=()) -> dict:
   """ReasonScore of every feature of the SAE at `sae_dir` over the config's corpus, or over the rows and
-  activations of `activations.cache_dir`. Writes the arrays, reasonscore.json and top_k.json into `out`."""
+  activations of `activations.cache_dir`. Writes the arrays, reasonscore.json (their digests) and top_k.json
+  as one dir swapped in at `out` (new, empty or an earlier reasonscore output)."""
   start = time.time()
-  sio.check_output_dir(out, "--out")
+  sio.check_replaceable(out, "reasonscore")
   rs = section(c, "reasonscore")
   x = _feature_inputs(c, sae_dir, given)
   if x.cache is not None:
@@ -376,9 +429,13 @@ def reason_score(c, sae_dir: str, out: str, given=()) -> dict:
   with _progress("reason_score") as progress:
     scores = reasonscore_corpus(site_fn, rows, x.sae, rs.vocabulary(tokenizer), batch_rows=c.data.store_batch_rows,
                                 alpha=rs.alpha, progress=progress, mesh=x.mesh, **settings)
-  scores.save(out)
   top = scores.top_k(rs.top_k)
-  sio.write_json(os.path.join(out, "top_k.json"), top, indent=1, default=float)
+
+  def fill(tmp):
+    scores.save(tmp)
+    sio.write_json(os.path.join(tmp, "top_k.json"), top, indent=1, default=float)
+
+  sio.write_dir(out, fill, "reasonscore")  # one output, swapped in whole: never half old, half new
   return {"out": out, "rows": int(len(rows)), "tokens": int(rows.size),
           "source": c.activations.cache_dir or c.model.path,
           "features": int(len(scores.scores)), "seconds": round(time.time() - start, 1),

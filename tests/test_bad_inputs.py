@@ -14,13 +14,16 @@ import pytest
 from conftest import REPO, _tiny_hf
 from sae_jax import io as sio
 from sae_jax.activations.shards import ShardWriter
+from sae_jax.features.reasonscore import scores_from_sums
 
 DEMO = "--config=" + os.path.join(REPO, "configs", "demo_smollm2.py")
 FLAG_ERROR = 1  # absl's exit code for a flag it refuses itself (enum, required)
 
 # (id, script, args, exit code, text of the error line). In args: {d} the row's own dir (its cwd, holding
 # canary.txt and user/notes.txt), {tiny} a tiny HF model, {model} SmolLM2, {partial} a cache whose collection
-# stopped early, {sae} a dir that is no SAE.
+# stopped early, {sae} a dir that is no SAE, {scores_cut} / {scores_missing} / {scores_json} ReasonScore results
+# with a cut scores.npy / no mu_pos.npy / a cut reasonscore.json, {cfg_syntax} / {cfg_raises} / {cfg_get} /
+# {cfg_none} config files with a syntax error / raising on import / raising in get_config / without get_config.
 ROWS = [
     # convert.py: its --out is replaced, so only new, empty or its own earlier outputs are accepted
     ("convert_out_dot", "convert.py", ["--model={tiny}", "--out=."], 2, "is the working directory or holds it"),
@@ -128,6 +131,26 @@ ROWS = [
                                             "--out={d}/canary.txt"], 2, "exists and is not a directory"),
     ("dashboard_no_scores", "dashboard.py", ["--config.model.path={model}", "--sae={sae}", "--scores={d}/s",
                                              "--out={d}/o"], 2, "no ReasonScore results in {d}/s"),
+    ("dashboard_scores_cut", "dashboard.py", ["--config.model.path={model}", "--sae={sae}",
+                                              "--scores={scores_cut}", "--out={d}/o"], 2,
+     "ReasonScore results {scores_cut}: scores.npy does not match reasonscore.json (truncated or changed)"),
+    ("dashboard_scores_missing", "dashboard.py", ["--config.model.path={model}", "--sae={sae}",
+                                                  "--scores={scores_missing}", "--out={d}/o"], 2,
+     "ReasonScore results {scores_missing} are incomplete: mu_pos.npy is missing"),
+    ("dashboard_scores_json_cut", "dashboard.py", ["--config.model.path={model}", "--sae={sae}",
+                                                   "--scores={scores_json}", "--out={d}/o"], 2,
+     "{scores_json}/reasonscore.json is truncated or not ReasonScore results (JSONDecodeError"),
+    ("reason_score_out_user_dir", "reason_score.py", ["--config.model.path={model}", "--sae={sae}",
+                                                      "--out={d}/user"], 2, "holds files sae_jax did not write"),
+    # a --config file that does not load: the file and line named, no traceback
+    ("train_config_syntax", "train_sae.py", ["--config={cfg_syntax}"], 2,
+     "cannot load --config {cfg_syntax}, line 1: SyntaxError: invalid syntax"),
+    ("collect_config_raises", "collect_activations.py", ["--config={cfg_raises}", "--out={d}/o"], 2,
+     "cannot load --config {cfg_raises}, line 3: RuntimeError: boom"),
+    ("reason_score_config_get_raises", "reason_score.py", ["--config={cfg_get}", "--sae={sae}", "--out={d}/o"], 2,
+     "cannot load --config {cfg_get}, line 4: ValueError: bad value"),
+    ("dashboard_config_no_get_config", "dashboard.py", ["--config={cfg_none}", "--sae={sae}", "--out={d}/o"], 2,
+     "cannot load --config {cfg_none}: it defines no get_config() returning the config"),
     ("diff_out_file", "diff_models.py", ["--config.model.path={model}", "--model_a={model}", "--sae={sae}",
                                          "--out={d}/canary.txt"], 2, "exists and is not a directory"),
     ("diff_no_out", "diff_models.py", ["--config.model.path={model}", "--model_a={model}", "--sae={sae}", "--out="],
@@ -158,8 +181,22 @@ def inputs(assets, tmp_path_factory):
   w = ShardWriter(str(root / "partial"), shard_tokens=64, d=576, meta={"layer": 19, "site": "resid_post"})
   w.add(np.ones((100, 576), np.float32), batch_end=1)  # one shard, then "killed": done stays false
   (root / "not_an_sae").mkdir()
+  scores = scores_from_sums(np.arange(16.0).reshape(4, 4), np.array([5, 6, 2, 3]), ("wait", "hmm"))
+  for name in ("scores_cut", "scores_missing", "scores_json"):
+    scores.save(str(root / name))
+  cut = (root / "scores_cut" / "scores.npy").read_bytes()
+  (root / "scores_cut" / "scores.npy").write_bytes(cut[:len(cut) - 5])
+  (root / "scores_missing" / "mu_pos.npy").unlink()
+  meta = (root / "scores_json" / "reasonscore.json").read_text()
+  (root / "scores_json" / "reasonscore.json").write_text(meta[:len(meta) // 2])
+  configs = {"cfg_syntax": "def get_config(:\n  pass\n", "cfg_raises": "import os\n\nraise RuntimeError('boom')\n",
+             "cfg_get": "from configs import default\n\ndef get_config():\n  raise ValueError('bad value')\n",
+             "cfg_none": "x = 1\n"}
+  for name, text in configs.items():
+    (root / f"{name}.py").write_text(text)
   return {"tiny": root / "tiny", "model": assets.smollm2_hf, "partial": root / "partial",
-          "sae": root / "not_an_sae"}
+          "sae": root / "not_an_sae", **{name: root / name for name in ("scores_cut", "scores_missing", "scores_json")},
+          **{name: root / f"{name}.py" for name in configs}}
 
 
 def _row_dir(root, name):
@@ -211,3 +248,14 @@ def test_bad_inputs_one_error_line_nothing_touched(inputs, tmp_path):
     if why:
       failures.append(f"{name}: {'; '.join(why)}\n{stderr[-600:]}")
   assert not failures, "\n\n".join(failures)
+
+
+def test_steering_refuses_cut_dashboard_stats(tmp_path):
+  """The steering lookup (evaluate --dashboard) reads a dashboard's features.json: a cut one is one UserError."""
+  import json
+  from sae_jax.errors import UserError
+  from sae_jax.features.steer import dashboard_max_activations
+  text = json.dumps({"meta": {}, "features": [{"feature": 7, "max_activation": 5.84}]})
+  (tmp_path / "features.json").write_text(text[:len(text) // 2])
+  with pytest.raises(UserError, match=r"features.json is not a dashboard features.json \(JSONDecodeError"):
+    dashboard_max_activations(str(tmp_path), [7])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,20 +105,53 @@ def test_train_sae_from_cache_exports_saelens(assets, tmp_path):
 
 
 def test_train_sae_on_the_fly(assets, tmp_path):
-  """No cache: the model runs inside the loop, excluded ids dropped, then the splice eval on the corpus."""
+  """No cache: the model runs inside the loop, excluded ids dropped, then the splice eval on the corpus. The start
+  says what it does (a line per phase), and a SIGTERM during the norm estimate saves it: the rerun exports the
+  same bytes as the run never stopped."""
+  def cmd(out, *extra):
+    return _cmd("train_sae.py", *SMALL, f"--config.model.path={assets.smollm2_hf}", f"--config.trainer.out_dir={out}",
+                "--config.sae.n_steps=20", "--config.sae.batch_size=128", "--config.sae.d_sae=1152",
+                "--config.sae.lr_decay_steps=5", "--config.sae.l1_warm_up_steps=5",
+                "--config.sae.n_batches_for_norm_estimate=4", "--config.trainer.buffer_half_tokens=512",
+                "--config.trainer.progress=false", *extra)
+
   out = tmp_path / "train"
-  proc = subprocess.run(_cmd("train_sae.py", *SMALL, f"--config.model.path={assets.smollm2_hf}",
-                             f"--config.trainer.out_dir={out}", "--config.sae.n_steps=20",
-                             "--config.sae.batch_size=128", "--config.sae.d_sae=1152",
-                             "--config.sae.lr_decay_steps=5", "--config.sae.l1_warm_up_steps=5",
-                             "--config.sae.n_batches_for_norm_estimate=4", "--config.trainer.buffer_half_tokens=512",
-                             "--config.eval.batches=2", "--config.trainer.progress=false"),
-                        capture_output=True, text=True, env=_env(), timeout=300)
+  proc = subprocess.run(cmd(out, "--config.eval.batches=2"), capture_output=True, text=True, env=_env(), timeout=300)
   assert proc.returncode == 0, proc.stderr
   result = json.load(open(out / "result.json"))
   ev = result["splice_eval"]
   assert ev["ce_loss_clean"] < ev["ce_loss_zero_ablation"] and ev["tokens"] > 0
   assert result["steps"] == 20
+  for line in [f"[train] model {assets.smollm2_hf}: done in ", "30 layers, width 576", "[train] corpus: done in ",
+               "rows of 64 tokens", "[train] buffer fill: done in ", "[train] norm estimate: done in ",
+               "4/4 batches", "scaling factor", "[train] splice eval: done in "]:
+    assert line in proc.stderr, (line, proc.stderr)
+
+  def stop_at(out, start):
+    """Runs `cmd(out)` (no splice eval: it does not change the SAE), SIGTERM once a stderr line starts `start`.
+    (A stop before training state exists, e.g. in the model load, is test_trainer's test_stop_before_any_state.)"""
+    child = subprocess.Popen(cmd(out, "--config.eval.batches=0"), env=_env(), text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    seen = []
+    for line in child.stderr:
+      seen.append(line)
+      if line.startswith(start):
+        child.send_signal(signal.SIGTERM)
+        break
+    err = "".join(seen) + child.communicate(timeout=120)[1]
+    assert child.returncode == 143 and "Traceback" not in err, err
+    return err
+
+  stopped = tmp_path / "stopped"
+  err = stop_at(stopped, "[train] norm estimate: ")  # its start line: the first fill runs the model next
+  assert re.search(r"SIGTERM: saved the norm estimate \([0-3]/4 batches\) and the data position to "
+                   rf"{re.escape(str(stopped))}/checkpoints; rerun the same command to resume\n$", err), err
+  assert not (stopped / "sae").exists() and os.listdir(stopped / "checkpoints") == ["0"]
+  proc = subprocess.run(cmd(stopped, "--config.eval.batches=0"), capture_output=True, text=True, env=_env(),
+                        timeout=300)
+  assert proc.returncode == 0 and "resumed from step 0" in proc.stdout, proc.stderr
+  for name in ("sae_weights.safetensors", "cfg.json"):
+    assert (stopped / "sae" / name).read_bytes() == (out / "sae" / name).read_bytes(), name
 
 
 def test_paper_config_is_the_paper_sae_and_other_architectures_get_their_defaults():

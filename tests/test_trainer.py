@@ -21,16 +21,29 @@ D, D_SAE, BATCH = 16, 64, 32
 
 
 def _cfg(n_steps=60, architecture="standard", lr=2e-2, **kw):
-  return SAEConfig(d_in=D, d_sae=D_SAE, n_steps=n_steps, batch_size=BATCH, lr=lr, l1_coefficient=0.5,
-                   architecture=architecture, k=4, l0_warm_up_steps=10,
-                   l1_warm_up_steps=10, lr_decay_steps=10, n_batches_for_norm_estimate=4, hook_layer=1,
-                   exclude_special_tokens=(), **kw)
+  return SAEConfig(**{**dict(d_in=D, d_sae=D_SAE, n_steps=n_steps, batch_size=BATCH, lr=lr, l1_coefficient=0.5,
+                             architecture=architecture, k=4, l0_warm_up_steps=10, l1_warm_up_steps=10,
+                             lr_decay_steps=10, n_batches_for_norm_estimate=4, hook_layer=1,
+                             exclude_special_tokens=()), **kw})
+
+
+class _SigtermAt(SyntheticActs):
+  """Sends this process a SIGTERM just before it makes chunk `at` (as a preemption would, mid-fill)."""
+
+  def __init__(self, d, at, **kw):
+    super().__init__(d, **kw)
+    self.at = at
+
+  def __call__(self):
+    if self.position == self.at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return super().__call__()
 
 
 def _run(out_dir, n_steps=60, mesh=None, nan_at=-1, checkpoint_every=20, architecture="standard", lr=2e-2,
-         log_every=10, **kw):
+         log_every=10, sigterm_at=-1, **kw):
   cfg = _cfg(n_steps, architecture, lr, **kw)
-  stream = BatchStream(SyntheticActs(D, nan_at=nan_at), d=D, batch_size=BATCH, half=128, slack=64, seed=1,
+  stream = BatchStream(_SigtermAt(D, sigterm_at, nan_at=nan_at), d=D, batch_size=BATCH, half=128, slack=64, seed=1,
                        sharding=None if mesh is None else shd.batch_sharding(mesh))
   opts = TrainerOptions(out_dir=str(out_dir), log_every=log_every, checkpoint_every=checkpoint_every,
                         buffer_half_tokens=128, progress=False)
@@ -82,6 +95,33 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   assert open(out / "metrics.jsonl").read() == open(tmp_path / "straight" / "metrics.jsonl").read()
 
 
+def test_sigterm_in_the_norm_estimate_saves_it_and_the_rerun_is_byte_identical(tmp_path, capsys):
+  """Chunks of 64 rows, halves of 128, batches of 32: the first fill (chunks 0-3) gives norm batches 1-4, each
+  later refill two chunks and four batches. A SIGTERM before chunk 4 stops the second fill after chunk 4 (4 of
+  10 norms, 64 rows pending); in the resumed run one before chunk 6 stops the third (8 norms); the third run
+  finishes to the same bytes as a run never stopped."""
+  run = lambda out, at=-1: _run(out, n_steps=12, checkpoint_every=6, n_batches_for_norm_estimate=10,  # noqa: E731
+                                sigterm_at=at)
+  handler = signal.getsignal(signal.SIGTERM)
+  run(tmp_path / "straight")
+  out = tmp_path / "stopped"
+  for at, norms in [(4, 4), (6, 8)]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+      run(out, at)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 143 and os.listdir(out / "checkpoints") == ["0"], err
+    assert (f"SIGTERM: saved the norm estimate ({norms}/10 batches) and the data position to {out}/checkpoints; "
+            "rerun the same command to resume") in err
+    assert "[train] norm estimate: reference mode, batches of 32 tokens, 10 batches" + (
+        " (4 done before)" if norms > 4 else "") + " ..." in err
+    assert signal.getsignal(signal.SIGTERM) == handler  # the run's own handler is gone with it
+  run(out)
+  for name in ("sae_weights.safetensors", "cfg.json"):
+    assert (out / "sae" / name).read_bytes() == (tmp_path / "straight" / "sae" / name).read_bytes()
+  assert (out / "metrics.jsonl").read_text() == (tmp_path / "straight" / "metrics.jsonl").read_text()
+
+
 def test_resume_under_a_changed_config(tmp_path, capsys):
   _run(tmp_path, n_steps=30, checkpoint_every=10)
   assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "30"  # the last step is saved too
@@ -94,6 +134,12 @@ def test_resume_under_a_changed_config(tmp_path, capsys):
   capsys.readouterr()
   _run(tmp_path, n_steps=30, checkpoint_every=5, log_every=3)  # harmless: resumed (nothing left to train)
   assert "resuming step 30 with changed trainer.log_every, trainer.checkpoint_every" in capsys.readouterr().out
+  for p in (tmp_path / "checkpoints" / "30" / "state").rglob("*"):  # a damaged checkpoint is named
+    if p.is_file() and p.parent.name == "d":
+      p.write_bytes(p.read_bytes()[:7])
+  with pytest.raises(UserError, match=rf"checkpoint 30 in {tmp_path}/checkpoints is damaged \(.+\): delete "
+                     rf"{tmp_path}/checkpoints/30 to resume from the one before"):
+    _run(tmp_path, n_steps=30, checkpoint_every=10)
 
 
 def _run_meta_of(out_dir):
@@ -169,3 +215,66 @@ def test_nan_in_activations_stops_with_step_and_count(tmp_path):
   # Chunks 0..7 feed the norm estimate (4 batches of 32 from 64-row chunks) and the first buffer refills.
   with pytest.raises(UserError, match=r"non-finite activations at step \d+: 1 NaN/inf values"):
     _run(tmp_path, n_steps=60, nan_at=12)
+
+
+def test_resume_check_covers_model_and_data_keys(tmp_path, monkeypatch, capsys):
+  """A checkpoint stores the keys that fix the activation stream (runs.stream_keys): a changed corpus, context,
+  model or dtype is refused with the keys named; the same file written relative or absolute is the same; a
+  changed mesh resumes, and says so."""
+  from sae_jax import runs
+  from sae_jax.sae.trainer import _check_resume, _run_meta
+  (tmp_path / "model").mkdir()
+  (tmp_path / "docs.jsonl").write_text("")
+  monkeypatch.chdir(tmp_path)
+
+  def keys(**changes):
+    c = runs.default_config()
+    c.model.path, c.data.sources, c.data.context_size = "model", ("docs.jsonl#weight=1",), 64
+    for key, value in changes.items():
+      section, name = key.split("__")
+      c[section][name] = value
+    return runs.stream_keys(c)
+
+  cfg, opts = _cfg(), TrainerOptions(out_dir=str(tmp_path / "t"))
+  saved = _run_meta(cfg, opts, keys())
+  assert saved["model.path"] == str(tmp_path / "model") and saved["data.tokenizer"] == str(tmp_path / "model")
+  assert saved["data.sources"] == [f"{tmp_path}/docs.jsonl#weight=1"] and saved["activations.cache_dir"] == ""
+  _check_resume(saved, cfg, opts, 5, keys(model__path=str(tmp_path / "model") + "/",
+                                          data__sources=("./docs.jsonl#weight=1",)))  # the same files
+  for changes, named in [({"data__context_size": 128}, "data.context_size 64 -> 128"),
+                         ({"model__dtype": "float32"}, "model.dtype 'bfloat16' -> 'float32'"),
+                         ({"model__path": "other/model"}, f"model.path '{tmp_path}/model' -> 'other/model'"),
+                         ({"data__sources": ("demo#n=40",)}, "data.sources"),
+                         ({"data__store_batch_rows": 4}, "data.store_batch_rows 8 -> 4"),
+                         ({"activations__cache_dir": "acts"}, "activations.cache_dir '' -> 'acts'")]:
+    with pytest.raises(UserError, match=r"holds step 5 of a run with other settings \(.*" + re.escape(named)):
+      _check_resume(saved, cfg, opts, 5, keys(**changes))
+  # A cache run stores no model or corpus keys: those may change (the cache fixed the rows).
+  cached = _run_meta(cfg, opts, keys(activations__cache_dir="acts"))
+  assert not any(k.startswith(("model.", "data.")) for k in cached)
+  _check_resume(cached, cfg, opts, 5, keys(activations__cache_dir="acts", data__context_size=128))
+  capsys.readouterr()
+  _check_resume(saved, cfg, opts, 5, keys(mesh__data=2))
+  assert "resuming step 5 with changed mesh.data (logging, checkpointing or device layout only" in capsys.readouterr().out
+
+
+def test_stop_before_any_state_says_nothing_was_saved(capsys):
+  """SIGTERM / SIGINT while nothing can be saved (runs.train's model load, tokenization) end the run at once."""
+  from sae_jax.sae.trainer import StopSignals
+  before = signal.getsignal(signal.SIGINT)
+  stop = StopSignals()
+  try:
+    for sig, code, name in [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")]:
+      stop.immediate("the model load")
+      with pytest.raises(SystemExit) as stopped:
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the handler runs at the next bytecode
+      assert stopped.value.code == code
+      assert capsys.readouterr().err == (f"{name} during the model load, before the first checkpoint: nothing "
+                                         "saved; rerun the same command to go on\n")
+    stop.deferred()
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested == signal.SIGINT  # recorded only: the trainer saves, then exits
+  finally:
+    stop.close()
+  assert signal.getsignal(signal.SIGINT) == before

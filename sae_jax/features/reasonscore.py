@@ -12,6 +12,7 @@ as the check for the streamed path.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -30,7 +31,7 @@ from sae_jax.sae import SAE, SAEConfig
 PAPER_ALPHA = paper.ALPHA
 EPS = 1e-12
 ARRAYS = ("scores", "mu_pos", "mu_neg", "group_means", "entropy", "entropy_norm")
-META_FILE = "reasonscore.json"  # written last: its presence means the arrays beside it are complete
+META_FILE = "reasonscore.json"  # written last, with each array's sha256: a reader checks the set is whole
 # The d_sae axis of each accumulator array (split on `model` under a mesh).
 STATE_LATENT_AXIS = {"sums": 1, "counts": None}
 _MAX_COUNT = 2**31 - 1  # counts are int32 on device
@@ -61,25 +62,51 @@ class ReasonScores:
             for j in order]
 
   def save(self, out_dir: str) -> str:
-    """<name>.npy per array, then reasonscore.json; each file replaced atomically."""
+    """<name>.npy per array, then reasonscore.json with their sha256 (each file replaced atomically; the
+    launch script fills a new dir and swaps it in whole)."""
     os.makedirs(out_dir, exist_ok=True)
+    digests = {}
     for name in ARRAYS:
-      sio.write_npy(os.path.join(out_dir, f"{name}.npy"), getattr(self, name))
+      path = sio.write_npy(os.path.join(out_dir, f"{name}.npy"), getattr(self, name))
+      digests[name] = _sha256(path)
     meta = {"group_names": list(self.group_names), "pos_count": self.pos_count, "neg_count": self.neg_count,
-            "group_counts": list(self.group_counts), "settings": self.settings, "arrays": list(ARRAYS)}
+            "group_counts": list(self.group_counts), "settings": self.settings, "arrays": list(ARRAYS),
+            "sha256": digests}
     sio.write_json(os.path.join(out_dir, META_FILE), meta)
     return out_dir
 
   @classmethod
   def load(cls, out_dir: str) -> "ReasonScores":
+    """The results in `out_dir`; a missing, cut or changed file (checked against the sha256 in reasonscore.json)
+    is a UserError naming it."""
     path = os.path.join(out_dir, META_FILE)
     if not os.path.exists(path):
       raise UserError(f"no ReasonScore results in {out_dir}: {META_FILE} is missing")
-    with open(path) as f:
-      meta = json.load(f)
-    arrays = {name: np.load(os.path.join(out_dir, f"{name}.npy")) for name in ARRAYS}
-    return cls(**arrays, group_names=tuple(meta["group_names"]), pos_count=meta["pos_count"],
-               neg_count=meta["neg_count"], group_counts=tuple(meta["group_counts"]), settings=meta["settings"])
+    try:
+      with open(path) as f:
+        meta = json.load(f)
+      fields = dict(group_names=tuple(meta["group_names"]), pos_count=meta["pos_count"],
+                    neg_count=meta["neg_count"], group_counts=tuple(meta["group_counts"]), settings=meta["settings"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise UserError(f"{path} is truncated or not ReasonScore results ({type(e).__name__}: {e})") from None
+    arrays = {}
+    for name in ARRAYS:
+      file = os.path.join(out_dir, f"{name}.npy")
+      if not os.path.exists(file):
+        raise UserError(f"ReasonScore results {out_dir} are incomplete: {name}.npy is missing")
+      if name in meta.get("sha256", {}) and _sha256(file) != meta["sha256"][name]:
+        raise UserError(f"ReasonScore results {out_dir}: {name}.npy does not match {META_FILE} (truncated or "
+                        "changed): rerun launch/reason_score.py")
+      try:
+        arrays[name] = np.load(file, allow_pickle=False)
+      except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"ReasonScore results {out_dir}: cannot read {name}.npy ({e})") from None
+    return cls(**arrays, **fields)
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _mask_rows(masks, xp):

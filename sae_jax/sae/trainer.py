@@ -2,13 +2,16 @@
 
 Everything a resumed run needs is in the checkpoint: params, optimizer state, step, the norm scaling
 factor, the shuffle buffer's arrays and PRNG key, and the data position, so a killed run (SIGKILL, or
-SIGTERM on TPU preemption, which also saves first) continues bit-identically.
+SIGTERM on TPU preemption, which also saves first) continues bit-identically. A SIGTERM or SIGINT during the
+norm estimate saves a step-0 checkpoint holding the estimate's per-batch norms so far, and one during a buffer
+fill saves between two producer chunks (`Interrupted`), so a stop is never more than a chunk or a step away.
 """
 
 import dataclasses
 import json
 import os
 import signal
+import threading
 import time
 
 import jax
@@ -19,12 +22,13 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sae_jax import io as sio
+from sae_jax import runinfo
 from sae_jax.activations.buffer import BufferState, ShuffleBuffer
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 from sae_jax.sae.core import SAE, param_specs
 from sae_jax.sae.config import SAEConfig
-from sae_jax.sae.norm import estimate_norm_scaling_factor
+from sae_jax.sae.norm import batch_norm, scaling_factor
 from sae_jax.sae.saelens_format import save_saelens
 from sae_jax.sae.train import init_train_state, make_optimizer, make_train_step
 
@@ -60,9 +64,19 @@ class TrainerOptions:
 
 
 MATMUL_PRECISIONS = ("default", "high", "highest")
-# Trainer keys a resumed run may change (logs, checkpoints, progress): the training itself stays the same.
-HARMLESS = ("out_dir", "log_every", "checkpoint_every", "keep_checkpoints", "dead_window", "dense_threshold",
-            "progress")
+# Keys a resumed run may change (logs, checkpoints, progress, where the outputs and devices are): the training
+# itself stays the same (a changed mesh only reorders float sums). A key ending in "." is a whole section.
+HARMLESS = ("trainer.out_dir", "trainer.log_every", "trainer.checkpoint_every", "trainer.keep_checkpoints",
+            "trainer.dead_window", "trainer.dense_threshold", "trainer.progress", "mesh.")
+
+
+def harmless(key: str) -> bool:
+  return any(key == h or (h.endswith(".") and key.startswith(h)) for h in HARMLESS)
+
+
+class Interrupted(Exception):
+  """Raised between two producer chunks of a buffer fill once a stop was requested: the stream's state is whole
+  there (every chunk so far appended, the producer's position after it), so it can be checkpointed."""
 
 
 class BatchStream:
@@ -73,14 +87,31 @@ class BatchStream:
   """
 
   def __init__(self, producer, d: int, batch_size: int, half: int, slack: int, seed: int, sharding=None):
-    self.producer, self.batch_size, self.sharding = producer, batch_size, sharding
-    self.buffer = ShuffleBuffer(producer, half=half, slack=slack, d=d, batch_size=batch_size, seed=seed)
+    self.producer, self.batch_size, self.sharding, self.half = producer, batch_size, sharding, half
+    self.buffer = ShuffleBuffer(self._produce, half=half, slack=slack, d=d, batch_size=batch_size, seed=seed)
     self.batches, self.cursor = None, 0
     self.empty = jnp.zeros((half // batch_size, batch_size, d), jnp.float32)  # fixed shape for checkpoints
+    self.stop = None  # a StopSignals: a requested stop raises Interrupted between two chunks of a fill
+    self.fill = None  # the Phase of the fill under way (its progress lines)
+
+  def _produce(self):
+    if self.stop is not None and self.stop.requested:
+      raise Interrupted
+    item = self.producer()
+    if item is not None and self.fill is not None:
+      self.fill.update(self.fill.done + int(np.sum(item[1])))
+    return item
 
   def next(self) -> jax.Array:
     if self.batches is None or self.cursor >= self.batches.shape[0]:
-      self.batches, self.cursor = self.buffer.next_batches(), 0
+      # The first fill (two halves; after a resume, what is pending) is a phase with its lines; later refills
+      # only say something when one takes long.
+      first = self.batches is None
+      pending = int(self.buffer.state.count) + (self.half if bool(self.buffer.state.primed) else 0)
+      with runinfo.Phase("[train] buffer fill", unit="tokens", done=pending if first else 0, quiet=not first,
+                         start=f"2 halves of {self.half} tokens") as self.fill:
+        self.batches, self.cursor = self.buffer.next_batches(), 0
+      self.fill = None
       if self.batches is None:
         raise UserError("the activation stream ran out before training finished: add data or lower n_steps")
     batch = self.batches[self.cursor]
@@ -158,19 +189,49 @@ def init_state_fn(cfg: SAEConfig, mesh):
   return jax.jit(lambda k: init_train_state(cfg, k), out_shardings=state_shardings(cfg, mesh))
 
 
-class _Stop:
-  """SIGTERM (TPU preemption) asks the loop to checkpoint and exit after the current step."""
+SIGNALS = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("SIGINT", 130)}  # name, exit code (128 + n)
+
+
+class StopSignals:
+  """SIGTERM (TPU preemption) and SIGINT (Ctrl-C) from the first moment of a run to its last.
+
+  While nothing can be saved (`immediate(phase)`: model load, tokenization; the splice eval after the export)
+  a signal ends the run at once with one stderr line saying what is (not) saved. Once training state exists
+  (`deferred()`) it is only recorded: the trainer checkpoints at the next safe point (between two producer
+  chunks of a buffer fill, between two norm-estimate batches or steps) and exits with the same code.
+  """
 
   def __init__(self):
-    self.requested = False
-    self.previous = signal.signal(signal.SIGTERM, self._handle)
+    self.requested = None  # the signal's number once one arrived while deferred
+    self.phase, self.after = "the start-up", "before the first checkpoint: nothing saved"
+    self.is_deferred = False
+    main = threading.current_thread() is threading.main_thread()  # Python takes handlers there only
+    self.previous = {s: signal.signal(s, self._handle) for s in SIGNALS} if main else {}
+
+  def immediate(self, phase: str, after: str = "before the first checkpoint: nothing saved") -> None:
+    self.phase, self.after, self.is_deferred = phase, after, False
+
+  def deferred(self) -> None:
+    self.is_deferred = True
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if self.is_deferred:
+      self.requested = signum
+      return
+    name, code = SIGNALS[signum]
+    runinfo.say(f"{name} during {self.phase}, {self.after}; rerun the same command to go on")
+    raise SystemExit(code)
+
+  def exit(self, saved: str) -> None:
+    """Ends the run after the checkpoint a requested stop asked for (`saved` says which)."""
+    name, code = SIGNALS[self.requested]
+    runinfo.say(f"{name}: {saved}; rerun the same command to resume")
+    raise SystemExit(code)
 
   def close(self):
-    signal.signal(signal.SIGTERM, self.previous)
+    for s, handler in self.previous.items():
+      signal.signal(s, handler)
 
 
 class MetricsLog:
@@ -220,24 +281,30 @@ def _manager(opts: TrainerOptions, create: bool = True) -> ocp.CheckpointManager
       options=ocp.CheckpointManagerOptions(max_to_keep=opts.keep_checkpoints, create=create))
 
 
-def _run_meta(cfg: SAEConfig, opts: TrainerOptions) -> dict:
-  """The keys a checkpoint stores to check a resumed run against, `section.key` -> value as JSON sees it."""
+def _run_meta(cfg: SAEConfig, opts: TrainerOptions, data: dict | None = None) -> dict:
+  """The keys a checkpoint stores to check a resumed run against, `section.key` -> value as JSON sees it.
+
+  `data`: the caller's keys that fix the activation stream (`model.*`, `data.*`, `activations.*`: see
+  `runs.stream_keys`), paths already normalised; the SAE and trainer keys are added here.
+  """
   keys = {**{f"sae.{k}": v for k, v in cfg.to_dict().items()},
-          **{f"trainer.{k}": v for k, v in dataclasses.asdict(opts).items()}}
+          **{f"trainer.{k}": v for k, v in dataclasses.asdict(opts).items()}, **(data or {})}
   return json.loads(json.dumps(keys, default=str))
 
 
-def _check_resume(saved: dict, cfg: SAEConfig, opts: TrainerOptions, step: int) -> None:
-  """A checkpoint resumes only under the settings it trained with; HARMLESS trainer keys may change (said)."""
-  now = _run_meta(cfg, opts)
+def _check_resume(saved: dict, cfg: SAEConfig, opts: TrainerOptions, step: int, data: dict | None = None) -> None:
+  """A checkpoint resumes only under the settings it trained with; HARMLESS keys may change (said). A key one
+  side lacks (a checkpoint from before it was stored, or a section that no longer applies) is not compared."""
+  now = _run_meta(cfg, opts, data)
   differ = [k for k in saved if k in now and saved[k] != now[k]]
-  bad = [k for k in differ if k.removeprefix("trainer.") not in HARMLESS]
+  bad = [k for k in differ if not harmless(k)]
   if bad:
     changes = "; ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in bad)
     raise UserError(f"{opts.out_dir}/checkpoints holds step {step} of a run with other settings ({changes}): "
                     "rerun with the old values, or give a new trainer.out_dir")
   if differ:
-    print(f"resuming step {step} with changed {', '.join(differ)} (logging and checkpointing only)")
+    print(f"resuming step {step} with changed {', '.join(differ)} (logging, checkpointing or device layout "
+          "only: the training is the same)")
 
 
 def _saved_meta(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -247,8 +314,9 @@ def _saved_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     raise UserError(f"cannot read checkpoint {step} in {manager.directory}: {e}") from None
 
 
-def finished(cfg: SAEConfig, opts: TrainerOptions) -> bool:
-  """True if `opts.out_dir` holds the last step of this very run (checked like a resume)."""
+def finished(cfg: SAEConfig, opts: TrainerOptions, data: dict | None = None) -> bool:
+  """True if `opts.out_dir` holds the last step of this very run (checked like a resume, before any model is
+  read: a changed setting fails in a second)."""
   if not os.path.isdir(os.path.join(opts.out_dir, "checkpoints")):
     return False
   with _manager(opts, create=False) as manager:
@@ -256,42 +324,63 @@ def finished(cfg: SAEConfig, opts: TrainerOptions) -> bool:
     if step is None:
       return False
     meta = _saved_meta(manager, step)
-  _check_resume(meta.get("run", {}), cfg, opts, step)
+  _check_resume(meta.get("run", {}), cfg, opts, step, data)
   return step >= cfg.n_steps
 
 
-def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) -> dict:
+def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None, data: dict | None = None,
+          stop: StopSignals | None = None) -> dict:
   """Trains (or resumes) and writes `opts.out_dir`/{checkpoints, metrics.jsonl, sae/ (SAELens format)}.
 
+  `data`: the keys that fix the activation stream, stored and checked on resume like the SAE's (`_run_meta`).
+  `stop`: the run's `StopSignals` if the caller installed them earlier (otherwise they are installed here).
   Returns the run's summary (`runs.train` writes it to result.json) plus "sae": the trained SAE in raw units (the
   norm scaling factor folded in).
   """
+  if stop is not None:
+    return _train(cfg, stream, opts, mesh, data, stop)
+  stop = StopSignals()
+  try:
+    return _train(cfg, stream, opts, mesh, data, stop)
+  finally:
+    stop.close()
+
+
+def _train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh, data: dict | None,
+           stop: StopSignals) -> dict:
   opts.check(cfg)
   os.makedirs(opts.out_dir, exist_ok=True)
   mesh = mesh or shd.make_mesh(devices=jax.devices()[:1])
   check_mesh(cfg, mesh)
   jit_step = make_jit_step(cfg, mesh)
   manager = _manager(opts)
+  stop.deferred()
+  stream.stop = stop
+  run_meta = _run_meta(cfg, opts, data)
 
   with jax.default_matmul_precision(opts.matmul_precision):
     params, opt_state = init_state_fn(cfg, mesh)(jax.random.PRNGKey(cfg.seed))
     fire_steps = jax.device_put(jnp.zeros((cfg.d_sae,), jnp.int32), param_shardings(cfg, mesh)["b_enc"])
     start = manager.latest_step()
+    s, norms = None, []
     if start is not None:
-      _check_resume(_saved_meta(manager, start).get("run", {}), cfg, opts, start)
+      _check_resume(_saved_meta(manager, start).get("run", {}), cfg, opts, start, data)
       state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-      restored = manager.restore(start, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      try:
+        restored = manager.restore(start, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001 (Orbax and TensorStore raise bare Exceptions for damaged files)
+        raise UserError(f"checkpoint {start} in {opts.out_dir}/checkpoints is damaged "
+                        f"({str(e).strip().splitlines()[0][:160]}): delete {opts.out_dir}/checkpoints/{start} to "
+                        "resume from the one before, or give a new trainer.out_dir") from None
       state, meta = restored["state"], restored["meta"]
       params, opt_state, fire_steps = state["params"], state["opt_state"], state["fire_steps"]
       stream.restore(state["stream"], meta["stream"])
-      s = meta["norm_scaling_factor"]
+      s, norms = meta["norm_scaling_factor"], list(meta.get("norm_estimate", []))
       print(f"resumed from step {start} in {opts.out_dir}/checkpoints")
     else:
       start = 0
-      s = _estimate_scale(cfg, stream)
-    s32 = jnp.float32(s)
 
     def good_checkpoint() -> str:
       step = manager.latest_step()
@@ -304,42 +393,65 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
         raise UserError(f"training diverged: non-finite {', '.join(bad)} after step {step} (lower sae.lr?); "
                         f"{good_checkpoint()}")
       state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
-      meta = {"stream": stream.meta(), "norm_scaling_factor": s, "config": cfg.to_dict(),
-              "run": _run_meta(cfg, opts)}
+      meta = {"stream": stream.meta(), "norm_scaling_factor": s, "config": cfg.to_dict(), "run": run_meta}
+      if s is None:  # stopped during the norm estimate: the norms so far, to go on from
+        meta["norm_estimate"] = norms
       manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                  meta=ocp.args.JsonSave(meta)), force=True)
       manager.wait_until_finished()
 
+    if s is None:
+      try:
+        s = _estimate_scale(cfg, stream, norms, stop)
+      except Interrupted:
+        if manager.latest_step() == 0:  # the estimate's earlier stop: this one got further
+          manager.delete(0)
+        save(0)
+        stop.exit(f"saved the norm estimate ({len(norms)}/{cfg.n_batches_for_norm_estimate} batches) and the "
+                  f"data position to {opts.out_dir}/checkpoints")
+    s32 = jnp.float32(s)
+
     log = MetricsLog(opts.out_dir, start)
-    stop = _Stop()
     window, last = [], None
     progress = _progress(opts.progress, start, cfg.n_steps)
     t0 = time.time()
+
+    def stop_after(done: int) -> None:
+      """Logs and saves what `done` steps did (unless that step is saved), then exits as the stop asks."""
+      if window:
+        _log_window(window, done - 1, fire_steps, opts, log, cfg.batch_size, good_checkpoint)
+      if manager.latest_step() != done:
+        save(done)
+      stop.exit(f"saved step {done} to {opts.out_dir}/checkpoints")
+
     try:
       for step in range(start, cfg.n_steps):
-        x = stream.next()
+        try:
+          x = stream.next()
+        except Interrupted:  # during a buffer refill
+          stop_after(step)
         params, opt_state, metrics, fire_steps = jit_step(params, opt_state, jnp.int32(step), x, s32,
                                                           fire_steps)
         window.append(metrics)
         done = step + 1
-        if done % opts.log_every == 0 or done == cfg.n_steps or stop.requested:
+        if done % opts.log_every == 0 or done == cfg.n_steps:
           last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size, good_checkpoint)
           window = []
           progress.set_postfix(loss=f"{last['loss']:.3g}", l0=f"{last['l0']:.1f}",
                                ev=f"{last['explained_variance']:.3f}")
         progress.update(1)
-        if stop.requested or done % opts.checkpoint_every == 0 or done == cfg.n_steps:  # the last too: a rerun
-          if window:                                                                     # of a done run is a no-op
+        if stop.requested:
+          stop_after(done)
+        if done % opts.checkpoint_every == 0 or done == cfg.n_steps:  # the last too: a rerun of a done run
+          if window:                                                   # is a no-op
             last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size, good_checkpoint)
             window = []
           save(done)
-          if stop.requested:
-            print(f"SIGTERM: saved step {done} to {opts.out_dir}/checkpoints; rerun the same command to resume")
-            raise SystemExit(143)
+      if stop.requested:  # arrived during the last save: it is saved
+        stop_after(cfg.n_steps)
     finally:
       progress.close()
       log.close()
-      stop.close()
 
     sae = SAE(params, cfg, "scaled", s).raw().numpy()
   sae_dir = save_saelens(os.path.join(opts.out_dir, "sae"), sae)
@@ -350,11 +462,23 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
   return {"sae": sae, **result}
 
 
-def _estimate_scale(cfg: SAEConfig, stream: BatchStream) -> float:
+def _estimate_scale(cfg: SAEConfig, stream: BatchStream, norms: list, stop: StopSignals) -> float:
+  """The norm scaling factor from `cfg.n_batches_for_norm_estimate` training batches (SAELens draws them from
+  the training stream too). `norms` holds the per-batch norms so far (a resumed estimate's) and grows in place,
+  so a stop (`Interrupted`, between two batches or inside a fill) leaves what to save."""
   if cfg.normalize_activations == "none":
     return 1.0
-  batches = (stream.next() for _ in range(cfg.n_batches_for_norm_estimate))
-  return estimate_norm_scaling_factor(batches, cfg.norm_estimate)
+  n = cfg.n_batches_for_norm_estimate
+  with runinfo.Phase("[train] norm estimate", total=n, unit="batches", done=len(norms),
+                     start=f"{cfg.norm_estimate} mode, batches of {cfg.batch_size} tokens") as phase:
+    while len(norms) < n:
+      if stop.requested:
+        raise Interrupted
+      norms.append(batch_norm(stream.next(), cfg.norm_estimate))
+      phase.update(len(norms))
+    s = scaling_factor(norms, cfg.d_in)
+    phase.result = f"scaling factor {s:.6g}"
+  return s
 
 
 def _log_window(window, step, fire_steps, opts, log, batch_size, good_checkpoint) -> dict:
