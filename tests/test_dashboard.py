@@ -53,10 +53,11 @@ def _check_against_dense(got, want, tokens, cfg):
   assert got["density"] == pytest.approx(len(want["v"]) / want["n_tokens"])
   assert got["max_activation"] == want["max"]
   assert [(e["row"], e["pos"], e["value"]) for e in got["top"]] == want["top"]
-  for e in got["top"]:
-    toks, acts, center = _context(tokens, want["a"], e["row"], e["pos"], *cfg.context)
-    assert (e["tokens"], e["center"]) == (toks, center)
-    np.testing.assert_array_equal(e["acts"], np.float32(acts))
+  for e in got["top"] + [e for q in got["quantiles"] for e in q["examples"]]:
+    for window, (left, right) in ((e, cfg.context), (e["expanded"], cfg.expanded_context)):
+      toks, acts, center = _context(tokens, want["a"], e["row"], e["pos"], left, right)
+      assert (window["tokens"], window["center"]) == (toks, center)
+      np.testing.assert_array_equal(window["acts"], np.float32(acts))
   if not len(want["v"]):
     assert got["histogram"]["counts"] == [] and got["quantiles"] == []
     return
@@ -107,8 +108,8 @@ def _synthetic(seed=0, rows=12, length=40):
 def test_streamed_equals_dense_whatever_the_batching():
   tokens, feats = _synthetic()
   features = [4, 0, 2]
-  cfg = DashboardConfig(n_top=7, quantile_group_size=3, context=(3, 2), n_bins=20, grid_bins=128,
-                        sample_cells=64, seed=5)
+  cfg = DashboardConfig(n_top=7, quantile_group_size=3, context=(3, 2), expanded_context=(9, 4), n_bins=20,
+                        grid_bins=128, sample_cells=64, seed=5)
   results = []
   for batches in ([12], [5, 5, 2], [1] * 12, [2] * 6):
     acc = DashboardAccumulator(_identity_params(5), features, config=cfg, ignore_ids=(0,))
@@ -182,9 +183,10 @@ def test_tiny_model_hand_set_sae(tiny_model):
   dense *= np.linalg.norm(params["W_dec"].astype(np.float64), axis=1)
   assert {tuple(i) for i in np.argwhere(dense[..., 1] > 0)} == set(hits)
 
-  cfg = DashboardConfig(n_top=6, context=(3, 3), grid_bins=512, sample_cells=128)
+  cfg = DashboardConfig(n_top=6, context=(3, 3), grid_bins=512, sample_cells=128, n_neighbours=4,
+                        dense_threshold=0.3)
   site_fn = make_site_fn(model, 0, "resid_pre")
-  stats = collect_feature_stats(site_fn, tokens, sae, features, batch_rows=3, config=cfg)  # 3 + 3 + 1(+2 pad)
+  stats, summary = collect_feature_stats(site_fn, tokens, sae, features, batch_rows=3, config=cfg)  # 3+3+1(+2 pad)
   want = _dense(tokens, dense[..., features].astype(np.float32), features, cfg)
   detector = stats[1]
   assert detector["n_active"] == len(hits) and detector["density"] == pytest.approx(len(hits) / tokens.size)
@@ -198,6 +200,43 @@ def test_tiny_model_hand_set_sae(tiny_model):
   hist = stats[0]["histogram"]
   v = want[0]["v"]
   assert hist["counts"] == [int(((v > lo) & (v <= hi)).sum()) for lo, hi in zip(hist["edges"], hist["edges"][1:])]
+  _check_summary(stats, summary, features, x, params, dense, cfg)
+
+
+def _check_summary(stats, summary, features, x, params, folded, cfg):
+  """The SAE summary and both neighbour lists against numpy: x [..., d] raw activations, folded [..., d_sae]
+  every latent's folded activations, all tokens valid."""
+  p = {k: v.astype(np.float64) for k, v in params.items()}
+  x, fires = x.reshape(-1, x.shape[-1]), folded.reshape(-1, folded.shape[-1]) > 0
+  n, fired = len(x), fires.sum(axis=0)
+  recon = np.maximum(x @ p["W_enc"] + p["b_enc"], 0) @ p["W_dec"] + p["b_dec"]
+  assert summary["n_tokens"] == n and summary["d_sae"] == fires.shape[1]
+  assert summary["l0"] == pytest.approx(fired.sum() / n)
+  assert summary["dead_fraction"] == pytest.approx(np.mean(fired == 0))
+  assert summary["dense_fraction"] == pytest.approx(np.mean(fired / n > cfg.dense_threshold))
+  ev = 1 - np.sum(np.square(recon - x)) / np.sum(np.square(x - x.mean(axis=0)))
+  assert summary["explained_variance"] == pytest.approx(ev, rel=1e-4, abs=1e-4)
+  assert summary["mse"] == pytest.approx(np.sum(np.square(recon - x)) / n, rel=1e-4)
+  unit = p["W_dec"] / np.linalg.norm(p["W_dec"], axis=1, keepdims=True)
+  cos = unit @ unit.T
+  shown = cos[np.ix_(features, features)]
+  assert summary["decoder_cosine"]["shown_mean"] == pytest.approx(
+      (shown.sum() - np.trace(shown)) / (len(features) * (len(features) - 1)), rel=1e-5)
+  both = fires[:, features].T.astype(np.int64) @ fires.astype(np.int64)  # [F, d_sae]
+  for st, fid, co in zip(stats, features, both):
+    assert st["dense"] == (fired[fid] / n > cfg.dense_threshold) and st["density"] == pytest.approx(fired[fid] / n)
+    others = [j for j in range(fires.shape[1]) if j != fid]
+    want_dec = sorted(others, key=lambda j: (-cos[fid, j], j))[:cfg.n_neighbours]
+    got_dec = st["neighbours"]["decoder"]
+    assert [g["feature"] for g in got_dec] == want_dec
+    np.testing.assert_allclose([g["cosine"] for g in got_dec], cos[fid, want_dec], rtol=1e-5, atol=1e-6)
+    jac = {j: co[j] / (fired[fid] + fired[j] - co[j]) for j in others if co[j] > 0}
+    want_co = sorted(jac, key=lambda j: (-jac[j], j))[:cfg.n_neighbours]
+    got_co = st["neighbours"]["coactivation"]
+    assert [g["feature"] for g in got_co] == want_co
+    np.testing.assert_allclose([g["jaccard"] for g in got_co], [jac[j] for j in want_co], rtol=1e-6)
+    assert [g["count"] for g in got_co] == [int(co[j]) for j in want_co]
+    assert [g["density"] for g in got_dec + got_co] == pytest.approx([fired[j] / n for j in want_dec + want_co])
 
 
 @pytest.mark.parametrize("tie", [False, True])
