@@ -282,8 +282,9 @@ def _summary_html(meta: dict, features: list[dict]) -> str:
                    f'data-random="{cos["random_mean"]!r}">mean decoder cosine, shown pairs / random pairs'
                    f'<b>{cos["shown_mean"]:.3f} / {cos["random_mean"]:.3f}</b></div>')
   out = [f'<h2>The SAE on these tokens</h2><div class="stats" id="summary">{html_cards}</div>',
-         '<p class="muted">Measured on the dashboard\'s own token rows, which are held out when they were not in '
-         "the SAE's training data (the demo's and the paper's dashboard corpora are not). Explained variance = "
+         '<p class="muted">Measured on the dashboard\'s own token rows: held-out tokens only if the SAE never '
+         "trained on them (the demo's rows are new problems; the paper's extraction set is part of OpenThoughts-114k, "
+         "which its SAE trained on). Explained variance = "
          "1 - &Sigma;|x - x&#770;|&sup2; / &Sigma;|x - mean x|&sup2; over all those tokens; dead: never fires on "
          "them; L0: mean number of latents firing per token.</p>"]
   dense = [f for f in features if f["n_active"] and f["density"] > sm["dense_threshold"]]

@@ -64,7 +64,7 @@ class DashboardConfig:
   n_quantiles: int = 10  # equal intervals of (0, max]
   quantile_group_size: int = 5  # examples per interval
   context: tuple[int, int] = (5, 5)  # tokens left and right of an example
-  expanded_context: tuple[int, int] = (24, 12)  # the longer context an example opens to on click (>= context)
+  expanded_context: tuple[int, int] = (24, 12)  # the longer context an example opens to on click (at least context)
   dense_threshold: float = 0.1  # density above which a feature is flagged dense (trainer.dense_threshold's 10%)
   n_neighbours: int = 5  # nearest latents shown per feature, by decoder cosine and by co-activation
   n_bins: int = 50  # activation histogram
@@ -82,9 +82,9 @@ class DashboardConfig:
         raise UserError(f"dashboard {name} must be positive, got {getattr(self, name)}")
     if len(self.context) != 2 or min(self.context) < 0:
       raise UserError(f"dashboard context must be (left, right) >= 0, got {self.context}")
-    if len(self.expanded_context) != 2 or any(e < c for e, c in zip(self.expanded_context, self.context)):
-      raise UserError(f"dashboard expanded_context must be (left, right) >= context {self.context}, "
-                      f"got {self.expanded_context}")
+    if len(self.expanded_context) != 2 or min(self.expanded_context) < 0:
+      raise UserError(f"dashboard expanded_context must be (left, right) >= 0, got {self.expanded_context}")
+    object.__setattr__(self, "expanded_context", tuple(max(e, c) for e, c in zip(self.expanded_context, self.context)))
     if not 0 <= self.dense_threshold <= 1:
       raise UserError(f"dashboard dense_threshold must be in [0, 1], got {self.dense_threshold}")
     for name, least in (("grid_bins", 4 * self.n_bins), ("sample_cells", 4 * self.n_quantiles)):
@@ -169,10 +169,9 @@ def _rank_in_group(group_sorted: np.ndarray) -> np.ndarray:
 class DashboardAccumulator:
   """One pass over token rows for a set of features: `update(tokens, acts, row_offset)`, then `finalize()`.
 
-  `sae` is an `SAE` as trained or loaded, in any units, read `folded()`. `update` (and `collect_feature_stats`)
-  encode every latent, for the SAE summary and co-activations (`summary.py`); `encode` alone encodes only the
-  selected features (`SAE.take`) where the latents are independent. `vocab` marks reasoning words in the contexts.
-  With a `mesh`, latents are split on its `model` axis.
+  `sae` is an `SAE` as trained or loaded, in any units, read `folded()`. Each batch encodes every latent, for the
+  SAE summary and co-activations (`summary.py`), and keeps the selected features' activations. `vocab` marks
+  reasoning words in the contexts. With a `mesh`, latents are split on its `model` axis.
   """
 
   def __init__(self, sae: SAE, features, *, vocab: Vocabulary | None = None,
@@ -183,7 +182,6 @@ class DashboardAccumulator:
     self.config, self.vocab = config, vocab
     self.ignore_ids = np.asarray(sorted({int(i) for i in ignore_ids}), np.int64)
     self.matmul_precision = matmul_precision
-    self._encode = _feature_encoder(sae, self.features)
     self._summary = SummaryAccumulator(sae, self.features, ignore_ids=self.ignore_ids.tolist(), mesh=mesh,
                                        matmul_precision=matmul_precision)
     self._observed = False
@@ -215,11 +213,6 @@ class DashboardAccumulator:
     activations [B, T, n_features] (dispatched, not awaited)."""
     self._observed = True
     return self._summary.update(tokens, acts, len(tokens) if n_rows is None else n_rows)
-
-  def encode(self, acts):
-    """Folded activations [B, T, n_features] of raw site activations, on device (dispatched, not awaited)."""
-    with jax.default_matmul_precision(self.matmul_precision):
-      return self._encode(acts)
 
   def update_features(self, tokens, feats, row_offset: int, n_rows: int | None = None) -> None:
     """The host side of `update`: feats [B, T, n_features] are the folded activations of the features."""
@@ -412,18 +405,6 @@ def check_features(features, d_sae: int) -> np.ndarray:
   if len(set(ids.tolist())) != ids.size:
     raise UserError(f"feature ids repeat: {ids.tolist()}")
   return ids
-
-
-def _feature_encoder(sae: SAE, features: np.ndarray):
-  """jitted acts [..., d_in] -> folded activations [..., n_features] of the selected features (float32)."""
-  sae = sae.numpy()
-  if sae.arch.PER_LATENT:
-    sub = sae.take(features).folded().encoder_only()  # folds commute with slicing: they act per latent
-    run = jax.jit(lambda s, x: s.encode(x))
-  else:  # the selection needs every latent
-    sub = sae.folded().encoder_only()
-    run = jax.jit(lambda s, x: s.encode(x)[..., features])
-  return lambda x: run(sub, x)
 
 
 def collect_feature_stats(site_fn, rows, sae: SAE, features, *, batch_rows: int, progress=None, mesh=None,
