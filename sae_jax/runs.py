@@ -424,7 +424,8 @@ def dashboard(c, sae_dir: str, out: str, scores_dir: str | None = None, features
   return {"out": out, "index": os.path.join(out, "index.html"), "rows": int(len(rows)), "tokens": int(rows.size),
           "features": len(features), "seconds": round(time.time() - start, 1),
           "max_activation": {str(f["feature"]): round(f["max_activation"], 4) for f in data["features"][:10]},
-          "sae": {k: round(summary[k], 4) for k in ("l0", "explained_variance", "dead_fraction", "dense_fraction")},
+          "sae": {k: round(summary[k], 4) for k in ("l0", "explained_variance", "explained_variance_pooled",
+                                                    "dead_fraction", "dense_fraction")},
           "dense_shown": [f["feature"] for f in data["features"] if f["dense"]]}
 
 

@@ -200,23 +200,36 @@ def test_tiny_model_hand_set_sae(tiny_model):
   hist = stats[0]["histogram"]
   v = want[0]["v"]
   assert hist["counts"] == [int(((v > lo) & (v <= hi)).sum()) for lo, hi in zip(hist["edges"], hist["edges"][1:])]
-  _check_summary(stats, summary, features, x, params, dense, cfg)
+  _check_summary(stats, summary, features, x, params, dense, cfg, batch_rows=3)
 
 
-def _check_summary(stats, summary, features, x, params, folded, cfg):
-  """The SAE summary and both neighbour lists against numpy: x [..., d] raw activations, folded [..., d_sae]
+def _explained_variances(x, params, batch_rows):
+  """(SAELens' per-token explained variance against each batch's mean, averaged; pooled 1 - SSE / SST; MSE) of
+  a standard SAE on raw activations x [rows, T, d], in float64."""
+  p = {k: v.astype(np.float64) for k, v in params.items()}
+  recon = np.maximum(x @ p["W_enc"] + p["b_enc"], 0) @ p["W_dec"] + p["b_dec"]
+  err = np.sum(np.square(recon - x), axis=-1)
+  per_token = [1 - err[s:s + batch_rows] / np.sum(np.square(x[s:s + batch_rows] - x[s:s + batch_rows].mean(
+      axis=(0, 1))), axis=-1) for s in range(0, len(x), batch_rows)]
+  flat = x.reshape(-1, x.shape[-1])
+  return (np.mean(np.concatenate([t.ravel() for t in per_token])),
+          1 - err.sum() / np.sum(np.square(flat - flat.mean(axis=0))), err.mean())
+
+
+def _check_summary(stats, summary, features, x, params, folded, cfg, batch_rows):
+  """The SAE summary and both neighbour lists against numpy: x [rows, T, d] raw activations, folded [..., d_sae]
   every latent's folded activations, all tokens valid."""
   p = {k: v.astype(np.float64) for k, v in params.items()}
+  ev, pooled, mse = _explained_variances(x, params, batch_rows)
   x, fires = x.reshape(-1, x.shape[-1]), folded.reshape(-1, folded.shape[-1]) > 0
   n, fired = len(x), fires.sum(axis=0)
-  recon = np.maximum(x @ p["W_enc"] + p["b_enc"], 0) @ p["W_dec"] + p["b_dec"]
   assert summary["n_tokens"] == n and summary["d_sae"] == fires.shape[1]
   assert summary["l0"] == pytest.approx(fired.sum() / n)
   assert summary["dead_fraction"] == pytest.approx(np.mean(fired == 0))
   assert summary["dense_fraction"] == pytest.approx(np.mean(fired / n > cfg.dense_threshold))
-  ev = 1 - np.sum(np.square(recon - x)) / np.sum(np.square(x - x.mean(axis=0)))
   assert summary["explained_variance"] == pytest.approx(ev, rel=1e-4, abs=1e-4)
-  assert summary["mse"] == pytest.approx(np.sum(np.square(recon - x)) / n, rel=1e-4)
+  assert summary["explained_variance_pooled"] == pytest.approx(pooled, rel=1e-4, abs=1e-4)
+  assert summary["mse"] == pytest.approx(mse, rel=1e-4)
   unit = p["W_dec"] / np.linalg.norm(p["W_dec"], axis=1, keepdims=True)
   cos = unit @ unit.T
   shown = cos[np.ix_(features, features)]
@@ -450,8 +463,7 @@ def test_launch_end_to_end_in_chromium(launch_inputs, assets, tmp_path):
   density = fired / n
   unit = p["W_dec"] / np.linalg.norm(p["W_dec"], axis=1, keepdims=True)
   cos = unit @ unit.T
-  recon = np.maximum(flat @ p["W_enc"] + p["b_enc"], 0) @ p["W_dec"] + p["b_dec"]
-  ev = 1 - np.sum(np.square(recon - flat)) / np.sum(np.square(flat - flat.mean(axis=0)))
+  ev, pooled, _ = _explained_variances(x, params, batch_rows=4)
   assert n == 5 * 64
   assert [g["density"] for g in data["features"]] == pytest.approx(density[want].tolist())
   assert density[want[0]] > 0.1 > density[want[1]]  # one dense, one not
@@ -464,6 +476,7 @@ def test_launch_end_to_end_in_chromium(launch_inputs, assets, tmp_path):
   assert stat("dead_fraction") == pytest.approx(np.mean(fired == 0))
   assert stat("dense_fraction") == pytest.approx(np.mean(density > 0.1))
   assert stat("explained_variance") == pytest.approx(ev, abs=1e-4)
+  assert stat("explained_variance_pooled") == pytest.approx(pooled, abs=1e-4)
   assert 'id="dense-summary"' in dom and "top ReasonScore words" in dom
   table = _cells(dom, "features")
   by_density = sorted(want, key=lambda j: -density[j])

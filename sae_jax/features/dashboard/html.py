@@ -36,8 +36,8 @@ a{color:#0b63c5;text-decoration:none} a:hover{text-decoration:underline}
 .badge.dense{background:#fde2d4;color:#9a3412;border:1px solid #f2a27a}
 .badge.dead{background:#eee;color:#555;border:1px solid #ccc}
 .warn{background:#fff4e5;border-left:4px solid #f08c00;padding:.5em .8em;margin:.6em 0}
-th.sort{cursor:pointer;user-select:none}th.sort::after{content:" \2195";color:#aaa}
-th[aria-sort=ascending]::after{content:" \25B2";color:#333}th[aria-sort=descending]::after{content:" \25BC";color:#333}
+th.sort{cursor:pointer;user-select:none}th.sort::after{content:" ↕";color:#aaa}
+th[aria-sort=ascending]::after{content:" ▲";color:#333}th[aria-sort=descending]::after{content:" ▼";color:#333}
 details.ex>summary{cursor:pointer}.ctx.long{background:#f7f7f9;margin:0 0 .4em 2em;white-space:pre-wrap}
 """
 
@@ -274,6 +274,7 @@ def _summary_html(meta: dict, features: list[dict]) -> str:
            ("L0", "l0", _num(sm["l0"])), ("dead", "dead_fraction", _pct(sm["dead_fraction"])),
            (f"dense (> {_pct(sm['dense_threshold'])})", "dense_fraction", _pct(sm["dense_fraction"])),
            ("explained variance", "explained_variance", f"{sm['explained_variance']:.4f}"),
+           ("pooled explained variance", "explained_variance_pooled", f"{sm['explained_variance_pooled']:.4f}"),
            ("MSE per token", "mse", _num(sm["mse"]))]
   html_cards = "".join(f'<div class="stat" id="sum-{key}" data-v="{sm[key]!r}">{_esc(label)}<b>{_esc(v)}</b></div>'
                        for label, key, v in cards)
@@ -284,9 +285,10 @@ def _summary_html(meta: dict, features: list[dict]) -> str:
   out = [f'<h2>The SAE on these tokens</h2><div class="stats" id="summary">{html_cards}</div>',
          '<p class="muted">Measured on the dashboard\'s own token rows: held-out tokens only if the SAE never '
          "trained on them (the demo's rows are new problems; the paper's extraction set is part of OpenThoughts-114k, "
-         "which its SAE trained on). Explained variance = "
-         "1 - &Sigma;|x - x&#770;|&sup2; / &Sigma;|x - mean x|&sup2; over all those tokens; dead: never fires on "
-         "them; L0: mean number of latents firing per token.</p>"]
+         "which its SAE trained on). Explained variance: SAELens' (as in the training log), the mean over tokens of "
+         "1 - |x - x&#770;|&sup2; / |x - mean x|&sup2;, the mean over each batch of rows; pooled: "
+         "1 - &Sigma;|x - x&#770;|&sup2; / &Sigma;|x - mean x|&sup2; over all tokens, which a few tokens of huge "
+         "variance can dominate. Dead: never fires on them; L0: mean number of latents firing per token.</p>"]
   dense = [f for f in features if f["n_active"] and f["density"] > sm["dense_threshold"]]
   if dense:
     cos_note = (f" Their decoder rows have a mean cosine of {cos['shown_mean']:.2f} between shown features, "

@@ -4,10 +4,12 @@ nearest features.
 In the jitted step of every batch (the same encode that gives the shown features' activations):
 
 * how many valid tokens each of the d_sae latents fires on (> 0): density, dead and dense fractions, L0;
-* the explained variance 1 - sum |x - x_hat|^2 / sum |x - mean x|^2 over all valid tokens (one mean over the
-  whole set, so it does not depend on the batching; SAELens' training log instead averages a per-token ratio
-  against each batch's mean). Per batch: token count, mean and centred sum of squares per dimension, combined
-  on the host in float64 (Chan et al.'s pairwise update), so no catastrophic cancellation;
+* the explained variance two ways: SAELens' (as the trainer logs it), the mean over tokens of
+  1 - |x - x_hat|^2 / |x - batch mean|^2; and pooled, 1 - sum |x - x_hat|^2 / sum |x - mean x|^2 with one mean
+  over all valid tokens (batching-independent, but a few tokens of huge variance, such as a row's first
+  positions in many models, can dominate both sums and push it near 1). For the pooled one, per batch: token
+  count, mean and centred sum of squares per dimension, combined on the host in float64 (Chan et al.'s pairwise
+  update), so no catastrophic cancellation;
 * co-activation counts [F, d_sae]: on how many tokens shown feature i and latent j both fire. With the firing
   counts this gives the Jaccard index |i and j| / |i or j| of every pair, never a d_sae x d_sae matrix.
 
@@ -42,8 +44,8 @@ def make_summary_step(features, ignore_ids=(), mesh=None):
   """step(state, sae, tokens, acts, n_rows) -> (state, feats [B, T, F], moments): one batch.
 
   `sae` is folded (unit decoder rows); state = {"fired": [d_sae], "coact": [F, d_sae]} int32; feats are the shown
-  features' folded activations; moments = (n, mean [d], centred sum of squares [d], squared error) of the valid
-  tokens in float32.
+  features' folded activations; moments = (n, mean [d], centred sum of squares [d], squared error, sum of the
+  per-token explained variances) of the valid tokens in float32.
   """
   features = jnp.asarray(np.asarray(features, np.int32))
   ignore_ids = tuple(int(i) for i in ignore_ids)
@@ -63,19 +65,22 @@ def make_summary_step(features, ignore_ids=(), mesh=None):
     w = valid[..., None].astype(jnp.float32)
     n = w.sum()
     mean = (x * w).sum(axis=(0, 1)) / jnp.maximum(n, 1)
-    m2 = (jnp.square(x - mean) * w).sum(axis=(0, 1))
-    sse = (jnp.square(sae.decode(f) - x) * w).sum()
-    return state, shown, (n, mean, m2, sse)
+    centred = jnp.square(x - mean)
+    m2 = (centred * w).sum(axis=(0, 1))
+    err = jnp.square(sae.decode(f) - x).sum(axis=-1)  # [B, T]
+    ev_tokens = jnp.where(valid, 1 - err / jnp.where(valid, centred.sum(axis=-1), 1.0), 0.0).sum()
+    return state, shown, (n, mean, m2, (err * valid).sum(), ev_tokens)
 
   return step
 
 
-def combine_moments(moments) -> tuple[int, float, float]:
-  """(tokens, total centred sum of squares, squared error) of per-batch (n, mean [d], m2 [d], sse), in float64."""
-  n_tot, mean, m2, sse = 0.0, None, None, 0.0
-  for n, m, q, e in moments:
+def combine_moments(moments) -> tuple[int, float, float, float]:
+  """(tokens, total centred sum of squares, squared error, summed per-token explained variance) of per-batch
+  (n, mean [d], m2 [d], sse, ev sum), in float64."""
+  n_tot, mean, m2, sse, ev = 0.0, None, None, 0.0, 0.0
+  for n, m, q, e, v in moments:
     n, m, q = float(n), np.asarray(m, np.float64), np.asarray(q, np.float64)
-    sse += float(e)
+    sse, ev = sse + float(e), ev + float(v)
     if n == 0:
       continue
     if mean is None:
@@ -86,7 +91,7 @@ def combine_moments(moments) -> tuple[int, float, float]:
     mean = mean + delta * (n / total)
     m2 = m2 + q + np.square(delta) * (n_tot * n / total)
     n_tot = total
-  return int(n_tot), (float(m2.sum()) if m2 is not None else 0.0), sse
+  return int(n_tot), (float(m2.sum()) if m2 is not None else 0.0), sse, ev
 
 
 class SummaryAccumulator:
@@ -122,13 +127,13 @@ class SummaryAccumulator:
 
   def finalize(self, dense_threshold: float) -> dict:
     """The SAE's numbers on these tokens (JSON-ready); `fired` and `coact` stay for the neighbours."""
-    n, variance, sse = combine_moments(jax.device_get(self._moments))
+    n, variance, sse, ev = combine_moments(jax.device_get(self._moments))
     fired, _ = self.counts()
     density = fired / max(n, 1)
     return {"n_tokens": n, "d_sae": self.d_sae, "l0": float(fired.sum() / max(n, 1)),
             "dead_fraction": float(np.mean(fired == 0)), "dense_fraction": float(np.mean(density > dense_threshold)),
-            "dense_threshold": float(dense_threshold),
-            "explained_variance": float(1 - sse / variance) if variance > 0 else float("nan"),
+            "dense_threshold": float(dense_threshold), "explained_variance": ev / n if n else float("nan"),
+            "explained_variance_pooled": float(1 - sse / variance) if variance > 0 else float("nan"),
             "mse": float(sse / max(n, 1))}
 
 
