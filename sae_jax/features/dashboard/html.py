@@ -17,7 +17,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5
 h1{font-size:1.5em;margin:.2em 0} h2{font-size:1.15em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}
 h3{font-size:1em;margin:1em 0 .3em;color:#333}
 table{border-collapse:collapse;font-size:14px} th,td{padding:3px 10px;text-align:left;border-bottom:1px solid #eee}
-th{background:#f5f5f7} td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f5f5f7} td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 a{color:#0b63c5;text-decoration:none} a:hover{text-decoration:underline}
 .stats{display:flex;flex-wrap:wrap;gap:1.5em;margin:.5em 0}
 .stat{background:#f5f5f7;border-radius:6px;padding:.4em .8em}.stat b{display:block;font-size:1.2em}
