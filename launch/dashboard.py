@@ -5,9 +5,10 @@
 
 The default config (configs/paper_dashboard.py) is the reference's: the first 10,000 rows (unshuffled) of the
 OpenThoughts 10k extraction set, packed like TransformerLens into 1024-token rows; the top 100 features by
-ReasonScore (`dashboard.top_k`); folded activations. One model pass over the rows. Writes index.html,
-feature_<id>.html per feature, features.json (same data) and run.json. Open index.html in any browser: the
-pages are self-contained (no JS, no server, no external assets).
+ReasonScore (`dashboard.top_k`); folded activations. One model pass over the rows, which also measures the SAE as
+a whole on them (L0, dead and dense fractions, explained variance) and each feature's co-activations. Writes
+index.html, feature_<id>.html per feature, features.json (same data) and run.json. Open index.html in any
+browser: the pages are self-contained (no server, no external assets; one inline script sorts the index).
 """
 
 from absl import flags

@@ -84,7 +84,10 @@ rs = json.loads(open(os.path.join(out, "reasonscore.log")).read().strip().splitl
 print(f"score   : ReasonScore of {rs['features']} features over {rs['tokens']} tokens ({rs['seconds']} s); top 10:")
 for t in rs["top"]:
   print(f"          feature {t['feature']:5d}  score {t['score']:.5f}  top words {', '.join(t['top_words'])}")
-print(f"pages   : {os.path.join(out, 'dashboards', 'index.html')} (open in a browser; no server needed)")
+db = json.loads(open(os.path.join(out, "dashboard.log")).read().strip().splitlines()[-1])
+print(f"pages   : {db['index']} (open in a browser; no server needed); dense (> 10% of tokens): "
+      f"{len(db['dense_shown'])} of {db['features']} shown; SAE on these held-out rows: explained variance "
+      f"{db['sae']['explained_variance']:.3f}, L0 {db['sae']['l0']:.1f}, dead {db['sae']['dead_fraction']:.3f}")
 plan = json.load(open(os.path.join(out, "plan_v5e_2x2.json")))
 gib = lambda b: f"{b / 2**30:.1f} GiB" if b is not None else "refused by XLA"  # noqa: E731
 stages = ", ".join(f"{name} {gib((st['bytes_per_device'] or {}).get('total'))}"

@@ -466,20 +466,24 @@ def dashboard(c, sae_dir: str, out: str, scores_dir: str | None = None, features
   vocab = rs.vocabulary(tokenizer)
   rows = section(c, "data").rows(tokenizer)
   with _progress("dashboard") as progress:
-    stats = collect_feature_stats(site_fn, rows, x.sae, features, batch_rows=c.data.store_batch_rows, mesh=x.mesh,
-                                  progress=progress, vocab=vocab, config=view, ignore_ids=view.ignore_ids)
+    stats, summary = collect_feature_stats(site_fn, rows, x.sae, features, batch_rows=c.data.store_batch_rows,
+                                           mesh=x.mesh, progress=progress, vocab=vocab, config=view,
+                                           ignore_ids=view.ignore_ids)
   meta = {"model": c.model.path, "sae": sae_dir, "hook": f"blocks.{x.layer}.hook_{x.site}", "scores": scores_dir,
           "data": list(c.data.sources), "packing": c.data.mode, "context_size": c.data.context_size,
           "n_rows": int(len(rows)), "n_tokens": int(rows.size), "ignore_ids": list(view.ignore_ids)}
   data = build_dashboards(stats, tokenizer, w_dec_rows=np.asarray(x.sae.raw().params["W_dec"])[features],
                           unembed=unembedding(model), scores=scores, group_names=vocab.group_names, config=view,
-                          meta=meta)
+                          meta=meta, summary=summary)
   if labels.url:
     label_features(data, labels.url, labels.model, api_key=os.environ.get(labels.key_env))
   write_dashboards(data, out)
   return {"out": out, "index": os.path.join(out, "index.html"), "rows": int(len(rows)), "tokens": int(rows.size),
           "features": len(features), "seconds": round(time.time() - start, 1),
-          "max_activation": {str(f["feature"]): round(f["max_activation"], 4) for f in data["features"][:10]}}
+          "max_activation": {str(f["feature"]): round(f["max_activation"], 4) for f in data["features"][:10]},
+          "sae": {k: round(summary[k], 4) for k in ("l0", "explained_variance", "explained_variance_pooled",
+                                                    "dead_fraction", "dense_fraction")},
+          "dense_shown": [f["feature"] for f in data["features"] if f["dense"]]}
 
 
 def diff_models(c, sae_dir: str, out: str, model_a: str = "", activations_a: str = "", given=()) -> dict:

@@ -28,11 +28,13 @@ def _lens_rows(ids, values, text) -> list[dict]:
 
 
 def build_dashboards(stats: list[dict], tokenizer, *, w_dec_rows=None, unembed=None, scores=None,
-                     group_names=(), config: DashboardConfig = DashboardConfig(), meta: dict | None = None) -> dict:
+                     group_names=(), config: DashboardConfig = DashboardConfig(), meta: dict | None = None,
+                     summary: dict | None = None) -> dict:
   """features.json contents: stats from `collect_feature_stats` + token strings + logit lens + ReasonScore.
 
   `unembed` = (W_U, final norm weight) from `unembedding(model)`, with `w_dec_rows` [F, d] the decoder rows
-  of the features (any scale). `scores` is a `ReasonScores` (optional).
+  of the features (any scale). `scores` is a `ReasonScores` (optional). `summary` (the SAE on these tokens,
+  from `collect_feature_stats`) goes into meta.
   """
   text = TokenText(tokenizer)
   if scores is not None:
@@ -45,7 +47,9 @@ def build_dashboards(stats: list[dict], tokenizer, *, w_dec_rows=None, unembed=N
   for rank, st in enumerate(stats):
     f = dict(st, rank=rank + 1)
     for ex in f["top"] + [e for q in f["quantiles"] for e in q["examples"]]:
-      ex["text"] = [text(t) for t in ex["tokens"]]
+      for window in (ex, ex.get("expanded", {})):
+        if "tokens" in window:
+          window["text"] = [text(t) for t in window["tokens"]]
     f["logit_lens"] = {name: {"top": _lens_rows(r["top_ids"][rank], r["top_values"][rank], text),
                               "bottom": _lens_rows(r["bottom_ids"][rank], r["bottom_values"][rank], text),
                               "histogram": {"edges": r["hist_edges"][rank].tolist(),
@@ -57,6 +61,7 @@ def build_dashboards(stats: list[dict], tokenizer, *, w_dec_rows=None, unembed=N
                           "mu_neg": float(scores.mu_neg[j]), "entropy_norm": float(scores.entropy_norm[j]),
                           "words": {g: float(scores.group_means[r, j]) for r, g in enumerate(group_names)}}
     features.append(f)
-  return {"meta": {**(meta or {}), "config": dataclasses.asdict(config), "group_names": list(group_names),
+  summary = {} if summary is None else {"summary": summary}
+  return {"meta": {**(meta or {}), **summary, "config": dataclasses.asdict(config), "group_names": list(group_names),
                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
           "features": features}

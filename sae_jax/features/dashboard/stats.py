@@ -8,11 +8,14 @@ pass over the rows:
 * quantile groups: (0, max] cut into `n_quantiles` (10) equal intervals, `quantile_group_size` (5) examples
   drawn from each;
 * `context` (5, 5) tokens either side of every example, each with the feature's activation and the
-  reasoning word it belongs to (if any);
+  reasoning word it belongs to (if any), and a longer `expanded_context` (24, 12) that the pages open on click;
 * a 50-bin histogram of the positive activations, density (fraction of tokens > 0), max activation;
 * logit lens: unit(W_dec_i) @ W_U, top / bottom 10 tokens, without the final norm (the reference) and with
   the final norm's weight folded in;
-* the feature's ReasonScore and per-word means, when scores are given.
+* the feature's ReasonScore and per-word means, when scores are given;
+* whether it is dense (density > `dense_threshold`), its nearest latents by decoder cosine and by co-activation
+  (Jaccard over these tokens), and the SAE's own numbers on these tokens (L0, dead and dense fractions, explained
+  variance): `summary.py`, in the same jitted pass.
 
 Streaming, in memory that does not grow with the corpus (nothing per token is kept):
 
@@ -40,6 +43,8 @@ import jax
 import numpy as np
 
 from sae_jax.errors import UserError
+from sae_jax.features.dashboard.summary import (SummaryAccumulator, coactivation_neighbours, decoder_cosine_baseline,
+                                                decoder_neighbours)
 from sae_jax.features.masks import reason_masks
 from sae_jax.features.vocab import Vocabulary
 from sae_jax.models import sharding as shd
@@ -59,6 +64,9 @@ class DashboardConfig:
   n_quantiles: int = 10  # equal intervals of (0, max]
   quantile_group_size: int = 5  # examples per interval
   context: tuple[int, int] = (5, 5)  # tokens left and right of an example
+  expanded_context: tuple[int, int] = (24, 12)  # the longer context an example opens to on click (at least context)
+  dense_threshold: float = 0.1  # density above which a feature is flagged dense (trainer.dense_threshold's 10%)
+  n_neighbours: int = 5  # nearest latents shown per feature, by decoder cosine and by co-activation
   n_bins: int = 50  # activation histogram
   n_logits: int = 10  # logit-lens rows, top and bottom
   grid_bins: int = 4096  # fine histogram grid over (0, 2^e]
@@ -67,12 +75,18 @@ class DashboardConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "context", tuple(int(c) for c in self.context))
+    object.__setattr__(self, "expanded_context", tuple(int(c) for c in self.expanded_context))
     object.__setattr__(self, "ignore_ids", tuple(int(i) for i in self.ignore_ids))
-    for name in ("top_k", "n_top", "n_quantiles", "quantile_group_size", "n_bins", "n_logits"):
+    for name in ("top_k", "n_top", "n_quantiles", "quantile_group_size", "n_bins", "n_logits", "n_neighbours"):
       if int(getattr(self, name)) <= 0:
         raise UserError(f"dashboard {name} must be positive, got {getattr(self, name)}")
     if len(self.context) != 2 or min(self.context) < 0:
       raise UserError(f"dashboard context must be (left, right) >= 0, got {self.context}")
+    if len(self.expanded_context) != 2 or min(self.expanded_context) < 0:
+      raise UserError(f"dashboard expanded_context must be (left, right) >= 0, got {self.expanded_context}")
+    object.__setattr__(self, "expanded_context", tuple(max(e, c) for e, c in zip(self.expanded_context, self.context)))
+    if not 0 <= self.dense_threshold <= 1:
+      raise UserError(f"dashboard dense_threshold must be in [0, 1], got {self.dense_threshold}")
     for name, least in (("grid_bins", 4 * self.n_bins), ("sample_cells", 4 * self.n_quantiles)):
       n = getattr(self, name)
       if n < least or n & (n - 1):
@@ -130,7 +144,7 @@ _TABLE_COLS = ("slot", "value", "row", "pos", "key", "ctx_tok", "ctx_act", "ctx_
 def _empty_table(width: int) -> dict:
   return {"slot": np.zeros(0, np.int64), "value": np.zeros(0, np.float32), "row": np.zeros(0, np.int64),
           "pos": np.zeros(0, np.int64), "key": np.zeros(0, np.uint64),
-          "ctx_tok": np.zeros((0, width), np.int64), "ctx_act": np.zeros((0, width), np.float32),
+          "ctx_tok": np.zeros((0, width), np.int32), "ctx_act": np.zeros((0, width), np.float32),
           "ctx_word": np.zeros((0, width), np.int8)}
 
 
@@ -155,19 +169,22 @@ def _rank_in_group(group_sorted: np.ndarray) -> np.ndarray:
 class DashboardAccumulator:
   """One pass over token rows for a set of features: `update(tokens, acts, row_offset)`, then `finalize()`.
 
-  `sae` is an `SAE` as trained or loaded, in any units, read `folded()`. Only the selected features are encoded
-  (`SAE.take`), except for an SAE whose latents depend on each other (TopK), which encodes every latent.
-  `vocab` marks reasoning words in the contexts.
+  `sae` is an `SAE` as trained or loaded, in any units, read `folded()`. Each batch encodes every latent, for the
+  SAE summary and co-activations (`summary.py`), and keeps the selected features' activations. `vocab` marks
+  reasoning words in the contexts. With a `mesh`, latents are split on its `model` axis.
   """
 
   def __init__(self, sae: SAE, features, *, vocab: Vocabulary | None = None,
-               config: DashboardConfig = DashboardConfig(), ignore_ids=(), matmul_precision: str = "highest"):
+               config: DashboardConfig = DashboardConfig(), ignore_ids=(), matmul_precision: str = "highest",
+               mesh=None):
     self.sae = sae
     self.features = check_features(features, sae.d_sae)
     self.config, self.vocab = config, vocab
     self.ignore_ids = np.asarray(sorted({int(i) for i in ignore_ids}), np.int64)
     self.matmul_precision = matmul_precision
-    self._encode = _feature_encoder(sae, self.features)
+    self._summary = SummaryAccumulator(sae, self.features, ignore_ids=self.ignore_ids.tolist(), mesh=mesh,
+                                       matmul_precision=matmul_precision)
+    self._observed = False
     n = len(self.features)
     self.n_tokens = 0
     self.n_active = np.zeros(n, np.int64)
@@ -175,7 +192,7 @@ class DashboardAccumulator:
     self.max = np.zeros(n, np.float64)
     self.exp = np.full(n, _NO_EXP, np.int64)
     self.counts = np.zeros((n, config.grid_bins), np.int64)
-    width = sum(config.context) + 1
+    width = sum(config.expanded_context) + 1
     self._top = _empty_table(width)
     self._samples = _empty_table(width)
     self._grew = False
@@ -189,12 +206,13 @@ class DashboardAccumulator:
     if len(shape) != 2 or len(acts_shape) != 3 or acts_shape[:2] != shape:
       raise UserError(f"activations {acts_shape} do not match tokens {shape}: expected [B, T, d_in]")
     self.sae.check_width(acts_shape[2], "activation width")
-    self.update_features(np.asarray(jax.device_get(tokens)), self.encode(acts), row_offset, n_rows)
+    self.update_features(np.asarray(jax.device_get(tokens)), self.observe(tokens, acts, n_rows), row_offset, n_rows)
 
-  def encode(self, acts):
-    """Folded activations [B, T, n_features] of raw site activations, on device (dispatched, not awaited)."""
-    with jax.default_matmul_precision(self.matmul_precision):
-      return self._encode(acts)
+  def observe(self, tokens, acts, n_rows: int | None = None):
+    """The device side of `update`: adds the batch to the SAE summary and returns the selected features' folded
+    activations [B, T, n_features] (dispatched, not awaited)."""
+    self._observed = True
+    return self._summary.update(tokens, acts, len(tokens) if n_rows is None else n_rows)
 
   def update_features(self, tokens, feats, row_offset: int, n_rows: int | None = None) -> None:
     """The host side of `update`: feats [B, T, n_features] are the folded activations of the features."""
@@ -220,7 +238,7 @@ class DashboardAccumulator:
     cfg = self.config
     idx = _grid_index(v, self.exp[s], cfg.grid_bins)
     self.counts += np.bincount(s * cfg.grid_bins + idx, minlength=self.counts.size).reshape(self.counts.shape)
-    batch = _BatchView(tokens, feats, self._word_index(tokens), cfg.context, row_offset)
+    batch = _BatchView(tokens, feats, self._word_index(tokens), cfg.expanded_context, row_offset)
     self._update_top(batch, b, p, s, v, feats)
     self._update_samples(batch, b, p, s, v)
 
@@ -281,8 +299,32 @@ class DashboardAccumulator:
   # -- results --
 
   def finalize(self) -> list[dict]:
-    """Per feature, in the order given: counts, max, histogram, top and quantile groups (token ids only)."""
-    return [self._feature_stats(j) for j in range(len(self.features))]
+    """Per feature, in the order given: counts, max, histogram, top and quantile groups (token ids only), the
+    dense flag and the nearest latents (by co-activation only after `update` / `observe`)."""
+    stats = [self._feature_stats(j) for j in range(len(self.features))]
+    k = self.config.n_neighbours
+    decoder = decoder_neighbours(self.sae.raw().params["W_dec"], self.features, k)
+    coact = [None] * len(stats)
+    if self._observed:
+      fired, counts = self._summary.counts()
+      coact = coactivation_neighbours(self.features, fired, counts, k)
+      density = fired / max(self.n_tokens, 1)
+    for st, dec, co in zip(stats, decoder, coact):
+      st["dense"] = st["density"] > self.config.dense_threshold
+      st["neighbours"] = {"decoder": dec}
+      if co is not None:
+        st["neighbours"]["coactivation"] = co
+        for n in dec + co:
+          n["density"] = float(density[n["feature"]])
+    return stats
+
+  def summary(self) -> dict | None:
+    """The SAE on these tokens (`SummaryAccumulator.finalize`) and the mean decoder cosines of the shown features
+    against random pairs; None before any `update` / `observe`."""
+    if not self._observed:
+      return None
+    return {**self._summary.finalize(self.config.dense_threshold),
+            "decoder_cosine": decoder_cosine_baseline(self.sae.raw().params["W_dec"], self.features, self.config.seed)}
 
   def _feature_stats(self, j: int) -> dict:
     cfg = self.config
@@ -317,11 +359,20 @@ class DashboardAccumulator:
     return cum[np.minimum(fine[1:], self.config.grid_bins)] - cum[np.minimum(fine[:-1], self.config.grid_bins)]
 
   def _example(self, t: dict, i: int) -> dict:
-    real = t["ctx_tok"][i] >= 0
-    left = self.config.context[0]
-    return {"row": int(t["row"][i]), "pos": int(t["pos"][i]), "value": float(t["value"][i]),
-            "center": int(real[:left].sum()), "tokens": t["ctx_tok"][i][real].tolist(),
-            "acts": [float(a) for a in t["ctx_act"][i][real]], "words": t["ctx_word"][i][real].tolist()}
+    """The example with its `context` window (tokens, acts, words, center) and its `expanded` one."""
+    (left, right), (big_left, _) = self.config.context, self.config.expanded_context
+    short = slice(big_left - left, big_left + right + 1)
+    window = {"row": int(t["row"][i]), "pos": int(t["pos"][i]), "value": float(t["value"][i]),
+              **_window(t["ctx_tok"][i][short], t["ctx_act"][i][short], t["ctx_word"][i][short], left)}
+    window["expanded"] = _window(t["ctx_tok"][i], t["ctx_act"][i], t["ctx_word"][i], big_left)
+    return window
+
+
+def _window(tok, act, word, left: int) -> dict:
+  """A stored window (-1 tokens: outside the row) as lists; `center` indexes the example's token."""
+  real = tok >= 0
+  return {"center": int(real[:left].sum()), "tokens": tok[real].tolist(), "acts": [float(a) for a in act[real]],
+          "words": word[real].tolist()}
 
 
 class _BatchView:
@@ -330,7 +381,7 @@ class _BatchView:
   def __init__(self, tokens, feats, words, context, row_offset):
     left, right = context
     pad = ((0, 0), (left, right))
-    self.tokens = np.pad(tokens, pad, constant_values=-1)
+    self.tokens = np.pad(tokens.astype(np.int32), pad, constant_values=-1)
     self.feats = np.pad(feats, pad + ((0, 0),))
     self.words = np.pad(words, pad, constant_values=-1)
     self.offsets = np.arange(left + right + 1)
@@ -356,18 +407,6 @@ def check_features(features, d_sae: int) -> np.ndarray:
   return ids
 
 
-def _feature_encoder(sae: SAE, features: np.ndarray):
-  """jitted acts [..., d_in] -> folded activations [..., n_features] of the selected features (float32)."""
-  sae = sae.numpy()
-  if sae.arch.PER_LATENT:
-    sub = sae.take(features).folded().encoder_only()  # folds commute with slicing: they act per latent
-    run = jax.jit(lambda s, x: s.encode(x))
-  else:  # the selection needs every latent
-    sub = sae.folded().encoder_only()
-    run = jax.jit(lambda s, x: s.encode(x)[..., features])
-  return lambda x: run(sub, x)
-
-
 def collect_feature_stats(site_fn, rows, sae: SAE, features, *, batch_rows: int, progress=None, mesh=None,
                           **accumulator_kwargs) -> list[dict]:
   """Stats of `features` over token `rows` [n, T], `site_fn(tokens [B, T]) -> acts [B, T, d_in]`.
@@ -375,21 +414,22 @@ def collect_feature_stats(site_fn, rows, sae: SAE, features, *, batch_rows: int,
   The last batch is padded to `batch_rows` (its padding ignored), so the site function compiles once.
   `site_fn` is `sae_jax.activations.collect.make_site_fn(model, layer, site, mesh)`; with a `mesh`, token
   batches are placed on its data axes. `progress(rows_done, n_rows)` is called after each batch.
+  Returns (per-feature stats, the SAE summary): `DashboardAccumulator.finalize` and `.summary`.
   """
   if len(rows) == 0:
     raise UserError("the dashboard corpus is empty: no token rows")
-  acc = DashboardAccumulator(sae, features, **accumulator_kwargs)
+  acc = DashboardAccumulator(sae, features, mesh=mesh, **accumulator_kwargs)
   pending = None  # the host work of batch i overlaps the device work of batch i + 1
   for start, n, tokens in shd.token_batches(rows, batch_rows, mesh, pad=True):
     acts = site_fn(tokens)
     sae.check_width(acts.shape[-1], "activation width")
-    feats = acc.encode(acts)
+    feats = acc.observe(tokens, acts, n)
     if pending is not None:
       _flush(acc, *pending, rows, progress)
     pending = (feats, start, n)
   if pending is not None:
     _flush(acc, *pending, rows, progress)
-  return acc.finalize()
+  return acc.finalize(), acc.summary()
 
 
 def _flush(acc: DashboardAccumulator, feats, start: int, n: int, rows, progress) -> None:
