@@ -33,18 +33,21 @@ ROOT_LAYOUT = {
 
 
 def define_root() -> None:
-  """--root: the artifacts root whose subdirs are this script's default paths (`ROOT_LAYOUT`)."""
-  layout = ROOT_LAYOUT.get(os.path.basename(sys.argv[0]), {})
+  """--root: the artifacts root whose subdirs are this script's default paths (`ROOT_LAYOUT`; a script
+  without a layout, e.g. aot_compile.py, gets no --root)."""
+  layout = ROOT_LAYOUT.get(os.path.basename(sys.argv[0]))
+  if not layout:
+    return
   flags.DEFINE_string("root", None, "Artifacts root (a local dir or gs://bucket/run) holding model/, activations/, "
                       "sae/, scores/, dashboards/, evals/: unset paths of this script default to "
-                      + (", ".join(f"{k}={v}/" for k, v in layout.items()) or "nothing") +
+                      + ", ".join(f"{k}={v}/" for k, v in layout.items()) +
                       " under it (config.model.path only without an activations.cache_dir).")
 
 
 def apply_root(c=None) -> None:
   """Fills the paths --root gives (`ROOT_LAYOUT`): a path flag left unset, a config key not on the command line
   (model.path neither when the config reads an activation cache instead)."""
-  if not FLAGS.root:
+  if "root" not in FLAGS or not FLAGS.root:
     return
   on_command_line = given() if c is not None else frozenset()
   for key, sub in ROOT_LAYOUT.get(os.path.basename(sys.argv[0]), {}).items():

@@ -12,6 +12,10 @@ arguments + outputs - outputs aliased to donated arguments + temporaries, plus t
 can be lower, as temporaries reuse dead arguments; for some TPU executables XLA reports `temps` as 0 and only
 the peak counts them.)
 
+Every stage also gets an estimated step time (`step_time`: the roofline of XLA's flops and bytes against the
+chip's peak, `PEAK`), tokens/s, MFU, and the wall time and chip-hours of the config's whole run (`full_run`:
+819.2M training tokens for the paper's SAE, the extraction set for ReasonScore, the benchmarks for evaluate).
+
 The `evaluate` stage is the sampling engine's steered decode step (`inference.decode_step` with the steering hook
 and the sampler folded in) on the eval config's slots and KV cache. Beside bytes and fit it estimates the step's
 time from XLA's cost analysis against the chip's peak (`PEAK`), the largest number of slots that fits, and the

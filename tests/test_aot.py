@@ -306,7 +306,7 @@ def test_launch_errors(tmp_path):
                  "--stages=train_sae", f"--config.sae.d_sae={32 * D}", "--config.mesh.data=4", f"--out={out}")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == ("error: v5e:2x2 with mesh data=4 fsdp=1 model=1 does not fit "
-                                                  "train_sae: see the advice above")
+                                                  "train_sae, train_sae.py: see the advice above")
   report = json.loads(proc.stdout)
   assert report == json.load(open(out)) and report["stages"]["train_sae"]["fits"] is False
   assert "train_sae does not fit" in proc.stderr and "raise --config.mesh.model" in proc.stderr

@@ -146,3 +146,40 @@ def test_root_gives_each_stage_its_paths(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/sae/sae/cfg.json not found")
   assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_run_restarts_a_preempted_stage(tmp_path):
+  """A fake gcloud whose first run of the stage fails and whose slice then reads PREEMPTED: run.sh deletes,
+  re-creates and re-installs the slice, runs the same command again, and fetches the logs after each attempt.
+  A failure on a slice that is still READY is the stage's own: no restart, its exit code."""
+  calls = tmp_path / "calls"
+  fake = tmp_path / "bin" / "gcloud"
+  fake.parent.mkdir()
+  fake.write_text(f"""#!/bin/bash
+echo "$*" >> {calls}
+case "$*" in
+  *"tpu-vm ssh"*host_run.sh*) n=$(grep -c host_run.sh {calls}); [ "$n" -gt 1 ] && [ ! -e {tmp_path}/ready ] ;;
+  *"tpu-vm describe"*) [ -e {tmp_path}/ready ] && echo READY || echo PREEMPTED ;;
+esac
+""")
+  fake.chmod(0o755)
+  env = {"PATH": os.pathsep.join([str(fake.parent), os.path.dirname(sys.executable), "/usr/bin", "/bin"]),
+         "HOME": str(tmp_path)}
+  cmd = ["bash", os.path.join(REPO, "launch", "tpu", "run.sh"), "--name=s", "--type=v5e-8", "--zone=z", "--spot",
+         "--", "launch/train_sae.py", "--config=configs/demo_smollm2.py"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  verbs = [" ".join(line.split()[:4]) for line in calls.read_text().splitlines()]
+  assert verbs == ["compute tpus tpu-vm ssh", "compute tpus tpu-vm scp",  # the run fails; its log is fetched
+                   "compute tpus tpu-vm describe",  # PREEMPTED
+                   "compute tpus tpu-vm delete", "compute tpus tpu-vm create",  # re-created as a Spot VM
+                   "compute tpus tpu-vm scp", "compute tpus tpu-vm ssh",  # re-installed
+                   "compute tpus tpu-vm ssh", "compute tpus tpu-vm scp"]  # the same command again, its log
+  lines = calls.read_text().splitlines()
+  assert lines[0] == lines[7] and "--spot" in lines[4] and "host_run.sh" in lines[0]
+  (tmp_path / "ready").touch()
+  calls.unlink()
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: train_sae failed on s")
+  assert [" ".join(line.split()[:4]) for line in calls.read_text().splitlines()] == [
+      "compute tpus tpu-vm ssh", "compute tpus tpu-vm scp", "compute tpus tpu-vm describe"]

@@ -21,8 +21,9 @@ if [ "$QUEUED" = 1 ]; then
   if [ "$DRY_RUN" = 1 ]; then
     run "${describe[@]}"
   else
-    until [ "$("${describe[@]}")" = ACTIVE ]; do
-      echo "# waiting for $NAME: $("${describe[@]}")"; sleep 60
+    while state="$("${describe[@]}" || echo UNKNOWN)"; [ "$state" != ACTIVE ]; do
+      case "$state" in FAILED|SUSPENDED) die "queued resource $NAME is $state" ;; esac
+      echo "# waiting for $NAME: $state"; sleep 60
     done
   fi
 else

@@ -15,6 +15,7 @@ COMMIT="$(git -C "$REPO" rev-parse --short HEAD)"
 TARBALL="/tmp/sae_jax-$COMMIT.tar.gz"
 run git -C "$REPO" archive --format=tar.gz -o "$TARBALL" HEAD
 run gcloud compute tpus tpu-vm scp "$TARBALL" "$NAME:/tmp/sae_jax.tar.gz" "${WHERE[@]}" --worker=all
+[ "$DRY_RUN" = 1 ] || rm -f "$TARBALL"
 on_all_hosts "set -e; sudo apt-get update -qq && sudo apt-get install -y -qq python3.11 python3.11-venv; \
 mkdir -p $REMOTE_DIR && tar -xzf /tmp/sae_jax.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR && echo $COMMIT > COMMIT; \
 [ -x .venv/bin/python ] || python3.11 -m venv .venv; \
