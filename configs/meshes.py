@@ -4,11 +4,12 @@ Each preset is the mesh under which every stage of the paper's run (R1-Distill-L
 SAE, the steered benchmarks) fits the slice's HBM, checked with launch/aot_compile.py (docs/reproduce.md has
 the numbers). `python3 configs/meshes.py NAME` prints it as `--config.mesh.*` flags:
 
-  python launch/train_sae.py --config=configs/paper_r1_llama8b_l19.py $(python3 configs/meshes.py v5e-16)
+  python launch/train_sae.py --config=configs/paper_r1_llama8b_l19.py \
+      $(python3 configs/meshes.py v5e-16)
 
-(`launch/tpu/run.sh` puts them before the stage's own flags, so a `--config.mesh.*` given there wins.) `python3 configs/meshes.py NAME --shell` prints the
-slice's facts as shell assignments for the launch/tpu scripts; this file needs only the standard library,
-so it runs on a workstation without the project installed.
+(`launch/tpu/run.sh` puts them right after --config, before the stage's own overrides, which therefore win.)
+`python3 configs/meshes.py NAME --shell` prints the slice's facts as shell assignments for the launch/tpu
+scripts; this file needs only the standard library, so it runs on a workstation without the project installed.
 
 Why these meshes: the 8 KV heads, 32 query heads, the MLP (14,336), the vocabulary (128,256) and the SAE's
 latents all split 8 ways on `model`, so the weights and the SAE state are divided, not copied; a v5e chip

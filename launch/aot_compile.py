@@ -14,9 +14,9 @@ the chip's HBM, flops and bytes accessed per step, the estimated step time, toke
 and chip-hours of the config's full run (`full_run`: 819.2M training tokens for the paper, its extraction set);
 and `runs`: what train_sae.py and reason_score.py hold on a device at once, and their full runs. A table of
 these goes to stderr. When a stage or script does not fit, the report is still printed (and written), then one
-`error:` line and exit 2. `evaluate` adds the estimated step time, the most slots that fit and the wall time of the paper's
-benchmarks at --mean_new_tokens per sample (see `sae_jax.aot.evaluate_stage`). With --out, the JSON is also
-written there, with run.json beside it.
+`error:` line and exit 2. `evaluate` adds the most slots that fit and the wall time of the paper's benchmarks at
+--mean_new_tokens per sample (see `sae_jax.aot.evaluate_stage`). With --out, the JSON is also written there,
+with run.json beside it.
 """
 
 import json

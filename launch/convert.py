@@ -46,7 +46,7 @@ def main(argv):
   import jax.numpy as jnp
   logging.set_verbosity(logging.WARNING)  # Orbax logs dozens of INFO lines per save
   common.apply_root()
-  if not FLAGS.out:
+  if FLAGS.out is None:
     raise UserError("--out (or --root) required")
   sio.check_replaceable(FLAGS.out, checkpoint.KIND)  # before the long load: a bad --out fails at once
   if FLAGS.tokenizer and not os.path.isdir(FLAGS.tokenizer):

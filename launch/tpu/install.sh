@@ -22,4 +22,5 @@ mkdir -p $REMOTE_DIR && tar -xzf /tmp/sae_jax.tar.gz -C $REMOTE_DIR && cd $REMOT
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 'jax[tpu]==$JAX_VERSION' \
 --extra-index-url https://download.pytorch.org/whl/cpu && \
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . && \
-.venv/bin/python -c 'import jax; jax.distributed.initialize(); print(jax.process_index(), jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)'"
+.venv/bin/python -c 'import jax; jax.distributed.initialize(); \
+print(jax.process_index(), jax.local_device_count(), jax.device_count(), jax.devices()[0].device_kind)'"

@@ -5,12 +5,13 @@
 # keep their outputs under a gs:// --root, a preempted VM's disk is gone). Each process learns its place in the
 # pod from jax.distributed.initialize() (auto-detected on Cloud TPU); nothing else differs between hosts.
 #   bash launch/tpu/run.sh --name=sae --type=v5e-16 --zone=us-west4-a --root=gs://bucket/paper \
-#       [--max_restarts=3] [--queued] [--spot] [--dry_run] -- launch/train_sae.py --config=configs/paper_r1_llama8b_l19.py
+#       [--max_restarts=3] [--queued] [--spot] [--dry_run] \
+#       -- launch/train_sae.py --config=configs/paper_r1_llama8b_l19.py
 # Flags: lib.sh's, and --root (passed on as the script's --root: its inputs and outputs under one artifacts
 # root), --max_restarts (after preemption; default 3), --queued and --spot (how to re-create the slice, as
-# create.sh). Scripts that read a run config get the slice's mesh preset (configs/meshes.py) as
-# --config.mesh.* flags before their own (after --config), so a --config.mesh.* in the command wins. Logs: ~/sae_jax/logs/<stage>-<time>.w<worker>.log on each
-# host, copied to runs/tpu_logs/<name>/ here after each attempt.
+# create.sh). Scripts that read a run config get the slice's mesh preset (configs/meshes.py) as --config.mesh.*
+# flags right after --config, before their own overrides, so a --config.mesh.* in the command wins. Logs:
+# ~/sae_jax/logs/<stage>-<time>.w<worker>.log on each host, copied to runs/tpu_logs/<name>/ here after each attempt.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 parse_flags "$@"
 ROOT="" MAX_RESTARTS=3 SLICE_FLAGS=() CMD=()
