@@ -10,12 +10,16 @@ Needs libtpu (in requirements.txt), not a TPU. Each stage's real jitted step (co
 layer; train_sae: the SAE train step; reason_score: the accumulator step; evaluate: the engine's steered decode
 step) is compiled for the topology's devices on the config's mesh, without reading weights. Prints JSON: per
 stage the compile time, bytes per device (arguments, outputs, temps, code, XLA's peak, total), whether that fits
-the chip's HBM, flops and bytes accessed per step; and `runs`: what train_sae.py and reason_score.py hold on a
-device at once. `evaluate` adds the estimated step time, the most slots that fit and the wall time of the paper's
-benchmarks at --mean_new_tokens per sample (see `sae_jax.aot.evaluate_stage`). With --out, the JSON is also
-written there, with run.json beside it.
+the chip's HBM, flops and bytes accessed per step, the estimated step time, tokens/s and MFU, and the wall time
+and chip-hours of the config's full run (`full_run`: 819.2M training tokens for the paper, its extraction set);
+and `runs`: what train_sae.py and reason_score.py hold on a device at once, and their full runs. A table of
+these goes to stderr. When a stage or script does not fit, the report is still printed (and written), then one
+`error:` line and exit 2. `evaluate` adds the most slots that fit and the wall time of the paper's benchmarks at
+--mean_new_tokens per sample (see `sae_jax.aot.evaluate_stage`). With --out, the JSON is also written there,
+with run.json beside it.
 """
 
+import json
 import os
 import sys
 
@@ -27,6 +31,7 @@ from absl import flags  # noqa: E402
 import common  # noqa: E402
 from sae_jax import aot  # noqa: E402
 from sae_jax import io as sio  # noqa: E402
+from sae_jax.errors import UserError  # noqa: E402
 
 # The mesh is config.mesh over the topology's devices (override with --config.mesh.fsdp=4 etc.).
 SECTIONS = ("model", "mesh", "data", "activations", "sae", "trainer", "engine", "sampling", "steering")
@@ -49,10 +54,15 @@ flags.adopt_module_key_flags(common)
 def plan(c) -> dict:
   report = {"topology": FLAGS.topology, **aot.plan(c, aot.topology_devices(FLAGS.topology), tuple(FLAGS.stages),
                                                    FLAGS.mean_new_tokens, log=lambda m: print(m, file=sys.stderr))}
-  for line in aot.fit_warnings(report):
+  for line in aot.summary(report) + aot.fit_warnings(report):
     print(line, file=sys.stderr)
   if FLAGS.out:
     sio.write_json(FLAGS.out, report)
+  failed = aot.not_fitting(report)
+  if failed:  # the report is still printed and written: it says what to change
+    print(json.dumps(report, default=float))
+    mesh = " ".join(f"{k}={v}" for k, v in report["mesh"].items())
+    raise UserError(f"{FLAGS.topology} with mesh {mesh} does not fit {', '.join(failed)}: see the advice above")
   return report
 
 

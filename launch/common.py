@@ -7,6 +7,7 @@ is its sections, its path flags and one `sae_jax.runs` call: `main(SECTIONS, sta
 
 import json
 import os
+import posixpath
 import re
 import sys
 import traceback
@@ -21,6 +22,47 @@ FLAGS = flags.FLAGS
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SAE_HELP = ("SAE: a dir in SAELens (ours, SAELens 5 or 6) or sparsify format, or a hub SAE 'release/sae_id' "
             "(a SAELens release, or 'owner/name/sae_id', e.g. the paper's released SAE; README, 'SAE files').")
+# The artifacts root (--root, a local dir or gs://bucket/run): per script, the path flags and config keys whose
+# default is a dir under it, so the stages of one run find each other's outputs. Each output dir gets run.json.
+ROOT_LAYOUT = {
+    "convert.py": {"out": "model"},
+    "collect_activations.py": {"config.model.path": "model", "out": "activations"},
+    "train_sae.py": {"config.model.path": "model", "config.trainer.out_dir": "sae"},
+    "reason_score.py": {"config.model.path": "model", "sae": "sae/sae", "out": "scores"},
+    "dashboard.py": {"config.model.path": "model", "sae": "sae/sae", "scores": "scores", "out": "dashboards"},
+    "diff_models.py": {"config.model.path": "model", "sae": "sae/sae", "out": "diff"},
+    "evaluate.py": {"config.model.path": "model", "sae": "sae/sae", "dashboard": "dashboards", "out": "evals"},
+}
+
+
+def define_root() -> None:
+  """--root: the artifacts root whose subdirs are this script's default paths (`ROOT_LAYOUT`; a script
+  without a layout, e.g. aot_compile.py, gets no --root)."""
+  layout = ROOT_LAYOUT.get(os.path.basename(sys.argv[0]))
+  if not layout:
+    return
+  flags.DEFINE_string("root", None, "Artifacts root (a local dir or gs://bucket/run) holding model/, activations/, "
+                      "sae/, scores/, dashboards/, evals/: unset paths of this script default to "
+                      + ", ".join(f"{k}={v}/" for k, v in layout.items()) +
+                      " under it (config.model.path only without an activations.cache_dir).")
+
+
+def apply_root(c=None) -> None:
+  """Fills the paths --root gives (`ROOT_LAYOUT`): a path flag left unset, a config key not on the command line
+  (model.path neither when the config reads an activation cache instead)."""
+  if "root" not in FLAGS or not FLAGS.root:
+    return
+  on_command_line = given() if c is not None else frozenset()
+  for key, sub in ROOT_LAYOUT.get(os.path.basename(sys.argv[0]), {}).items():
+    path = posixpath.join(FLAGS.root, sub)
+    if not key.startswith("config."):
+      if not FLAGS[key].value:
+        FLAGS[key].value = path
+      continue
+    section, name = key[len("config."):].split(".")
+    if f"{section}.{name}" in on_command_line or (name == "path" and c.get("activations", {}).get("cache_dir")):
+      continue
+    c[section][name] = path
 
 
 def define_config(sections, default: str | None = None, sae: str | None = None, out: str | None = None) -> None:
@@ -40,6 +82,7 @@ def define_config(sections, default: str | None = None, sae: str | None = None, 
     flags.DEFINE_string("sae", None, sae)
   if out:
     flags.DEFINE_string("out", None, out)
+  define_root()
 
 
 def main(sections, stage, required=("sae", "out"), out_dir=lambda c: FLAGS.out) -> None:
@@ -50,6 +93,7 @@ def main(sections, stage, required=("sae", "out"), out_dir=lambda c: FLAGS.out) 
   def run(argv):
     del argv
     c = config(sections)
+    apply_root(c)
     missing = [f"--{n}" for n in required if not FLAGS[n].value]
     if missing:
       raise UserError(f"{', '.join(missing)} required")
@@ -74,6 +118,7 @@ def config(sections):
     raise UserError(f"--config {given}: get_config() returned None" if given else
                     "--config is required (a configs/*.py file)")
   if FLAGS.print_config:
+    apply_root(c)
     print(json.dumps(runs.resolved(FLAGS.config, sections), indent=1, default=str))
     raise SystemExit(0)
   return c

@@ -11,6 +11,7 @@ import time
 
 from absl import app, flags, logging
 
+import common
 from sae_jax import io as sio
 from sae_jax import runinfo
 from sae_jax.errors import UserError, exit_on_user_error
@@ -18,7 +19,8 @@ from sae_jax.errors import UserError, exit_on_user_error
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "HF checkpoint dir, .gguf file, or hub id (owner/name).", required=True)
 flags.DEFINE_string("out", None, "Output dir for the converted checkpoint: new, empty, or an earlier output of "
-                    "this script (replaced atomically).", required=True)
+                    "this script (replaced atomically). Required unless --root is given.")
+common.define_root()
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Parameter dtype of the checkpoint.")
 flags.DEFINE_string("tokenizer", None, "Dir with tokenizer files to copy (default: the model dir; for a "
                     "GGUF file the tokenizer embedded in it).")
@@ -43,6 +45,9 @@ def main(argv):
   from sae_jax.models import checkpoint, loading, sharding
   import jax.numpy as jnp
   logging.set_verbosity(logging.WARNING)  # Orbax logs dozens of INFO lines per save
+  common.apply_root()
+  if FLAGS.out is None:
+    raise UserError("--out (or --root) required")
   sio.check_replaceable(FLAGS.out, checkpoint.KIND)  # before the long load: a bad --out fails at once
   if FLAGS.tokenizer and not os.path.isdir(FLAGS.tokenizer):
     raise UserError(f"--tokenizer {FLAGS.tokenizer} is not a directory")

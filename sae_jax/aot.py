@@ -12,6 +12,10 @@ arguments + outputs - outputs aliased to donated arguments + temporaries, plus t
 can be lower, as temporaries reuse dead arguments; for some TPU executables XLA reports `temps` as 0 and only
 the peak counts them.)
 
+Every stage also gets an estimated step time (`step_time`: the roofline of XLA's flops and bytes against the
+chip's peak, `PEAK`), tokens/s, MFU, and the wall time and chip-hours of the config's whole run (`full_run`:
+819.2M training tokens for the paper's SAE, the extraction set for ReasonScore, the benchmarks for evaluate).
+
 The `evaluate` stage is the sampling engine's steered decode step (`inference.decode_step` with the steering hook
 and the sampler folded in) on the eval config's slots and KV cache. Beside bytes and fit it estimates the step's
 time from XLA's cost analysis against the chip's peak (`PEAK`), the largest number of slots that fits, and the
@@ -250,16 +254,20 @@ def step_time(stats: dict, device_kind: str) -> dict:
   model on v5e:2x4, model=8. `floor_seconds` = max(flops / peak, argument bytes / bandwidth): every resident byte
   (weights, the whole cache, which attention reads to max_len) read once. `seconds` is the larger of the two;
   decode is memory-bound. None of them counts collectives over ICI or the host's work between steps.
+  `mfu` = (flops per device x devices) / (seconds x devices x peak) = compute_seconds / seconds: the share of
+  the chips' peak the step reaches at that estimate, by XLA's flop count (an upper bound on the real MFU).
   """
   peak = PEAK.get(device_kind)
   if peak is None or stats.get("bytes_per_device") is None:
-    return {"seconds": None, "xla_seconds": None, "floor_seconds": None, "bound": None}
+    return {"seconds": None, "xla_seconds": None, "floor_seconds": None, "bound": None, "mfu": None}
   flops_s = stats["flops_per_device"] / peak[0]
   bytes_s = stats["bytes_accessed_per_device"] / peak[1]
   floor = max(flops_s, stats["bytes_per_device"]["arguments"] / peak[1])
-  return {"seconds": max(flops_s, bytes_s, floor), "xla_seconds": max(flops_s, bytes_s), "floor_seconds": floor,
+  seconds = max(flops_s, bytes_s, floor)
+  return {"seconds": seconds, "xla_seconds": max(flops_s, bytes_s), "floor_seconds": floor,
           "bound": "compute" if flops_s >= max(bytes_s, floor) else "memory", "compute_seconds": flops_s,
-          "memory_seconds": bytes_s, "peak_flops_per_second": peak[0], "hbm_bytes_per_second": peak[1]}
+          "memory_seconds": bytes_s, "peak_flops_per_second": peak[0], "hbm_bytes_per_second": peak[1],
+          "mfu": round(flops_s / seconds, 4) if seconds else None}
 
 
 def kv_cache_bytes_per_slot(model_cfg, max_len: int, dtype) -> int:
@@ -448,11 +456,79 @@ def plan(c, devices, stages=STAGES, mean_new_tokens: int = MEAN_NEW_TOKENS, log=
   for name, stage in done.items():
     if stage["fits"] is False:
       stage["advice"] = _ADVICE[name]
+    if name != "evaluate":
+      stage["step_seconds"] = step_time(stage, out["device_kind"])
+      seconds = stage["step_seconds"]["seconds"]
+      stage["tokens_per_second"] = round(stage["tokens_per_step"] / seconds) if seconds else None
   report = {**out, "stages": done, "runs": {}}
   if pipeline:
     report["runs"] = runs(done, sae_cfg, hbm, data, section(c, "trainer"),
                           from_cache=bool(section(c, "activations").cache_dir))
+  full_run(report, sae_cfg if pipeline else None, data if pipeline else None)
   return report
+
+
+def full_run(report: dict, sae_cfg, data) -> None:
+  """Adds `full_run` (tokens, steps, hours, chip_hours at the estimated step time) to each stage and script of
+  a `plan` report: the whole of the config's run, not one step.
+
+  collect: the activations `train_sae` consumes (sae.n_steps x sae.batch_size tokens, the paper's 819.2M) in
+  model batches of data.store_batch_rows x data.context_size; train_sae: those tokens in SAE steps;
+  reason_score: the paper's extraction set (`paper.EXTRACTION_ROWS` rows of data.context_size tokens) in
+  accumulator steps; evaluate: the benchmarks at k = 1 in every steering setting (`benchmarks`). The scripts:
+  train_sae.py adds the collect steps when it runs the model on the fly, reason_score.py adds one forward per
+  batch of the extraction set. Chip-hours are hours x devices (one device per chip, v4 as megacore). Host
+  work, input pipelines, checkpoints and collectives are not counted: a lower bound on the wall time.
+  """
+  stages, devices = report["stages"], report["devices"]
+
+  def estimate(name, tokens, steps):
+    seconds = stages[name]["step_seconds"]["seconds"] if name in stages else None
+    hours = None if seconds is None else steps * seconds / 3600
+    return {"tokens": int(tokens), "steps": int(steps), "hours": _round(hours),
+            "chip_hours": _round(None if hours is None else hours * devices)}
+
+  if data is not None:
+    batch = data.store_batch_rows * data.context_size
+    train_tokens = sae_cfg.training_tokens
+    extraction = paper.EXTRACTION_ROWS * data.context_size
+    parts = {"collect": (train_tokens, math.ceil(train_tokens / batch)),
+             "train_sae": (train_tokens, sae_cfg.n_steps),
+             "reason_score": (extraction, math.ceil(paper.EXTRACTION_ROWS / data.store_batch_rows))}
+    for name, (tokens, steps) in parts.items():
+      if name in stages:
+        stages[name]["full_run"] = estimate(name, tokens, steps)
+    scripts = report["runs"]
+    if "train_sae.py" in scripts:  # the collect steps only when the model runs in the loop
+      run = scripts["train_sae.py"]
+      run["full_run"] = _sum_runs({n: stages[n]["full_run"] for n in run["stages"]})
+    if "reason_score.py" in scripts:  # one forward per batch of the extraction set, then the accumulator
+      scripts["reason_score.py"]["full_run"] = _sum_runs(
+          {"collect": estimate("collect", *parts["reason_score"]), "reason_score": stages["reason_score"]["full_run"]})
+  if "evaluate" in stages:
+    bench = stages["evaluate"]["benchmarks"]
+    hours = bench["hours_all_settings"]
+    stages["evaluate"]["full_run"] = {
+        "tokens": bench["samples_per_setting"] * bench["mean_new_tokens"] * bench["settings"],
+        "steps": bench["decode_steps_per_setting"] * bench["settings"], "hours": hours,
+        "chip_hours": _round(None if hours is None else hours * devices)}
+
+
+def _sum_runs(parts: dict) -> dict:
+  """A script's full run from its stages' (name -> full_run): steps per stage, hours and chip-hours summed."""
+  hours = [p["hours"] for p in parts.values()]
+  chip = [p["chip_hours"] for p in parts.values()]
+  return {"tokens": max(p["tokens"] for p in parts.values()), "steps": {n: p["steps"] for n, p in parts.items()},
+          "hours": None if None in hours else _round(sum(hours)),
+          "chip_hours": None if None in chip else _round(sum(chip))}
+
+
+def _round(hours):
+  return None if hours is None else float(f"{hours:.4g}")
+
+
+def _duration(hours: float) -> str:
+  return f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min" if hours * 60 >= 1 else f"{hours * 3600:.1f} s"
 
 
 def _peek(model, stage: str, out: dict):
@@ -551,3 +627,27 @@ def fit_warnings(report: dict) -> list[str]:
 def _known_ids():
   from sae_jax.models.config import KNOWN_HF_CONFIGS
   return sorted(KNOWN_HF_CONFIGS)
+
+
+def not_fitting(report: dict) -> list[str]:
+  """The stages and scripts of a `plan` report that do not fit the chip's HBM."""
+  return [name for name, part in [*report["stages"].items(), *report["runs"].items()] if part["fits"] is False]
+
+
+def summary(report: dict) -> list[str]:
+  """A table of a `plan` report, one row per stage and script: fit, HBM used, estimated step time, tokens/s,
+  MFU, and the full run's wall time and chip-hours (see `full_run`)."""
+  rows = [("stage", "fits", "HBM/device", "step", "tokens/s", "MFU", "full run", "chip-hours")]
+  for name, part in [*report["stages"].items(), *report["runs"].items()]:
+    timing = part.get("step_seconds") or {}
+    run = part.get("full_run") or {}
+    used = part.get("hbm_used")
+    seconds = timing.get("seconds")
+    rate = part.get("tokens_per_second") or (part.get("benchmarks") or {}).get("tokens_per_second")
+    rows.append((name, {True: "yes", False: "NO", None: "?"}[part["fits"]],
+                 "-" if used is None else f"{used:.0%}", "-" if seconds is None else f"{seconds * 1e3:.1f} ms",
+                 "-" if not rate else f"{rate:,.0f}", "-" if timing.get("mfu") is None else f"{timing['mfu']:.0%}",
+                 "-" if run.get("hours") is None else _duration(run["hours"]),
+                 "-" if run.get("chip_hours") is None else f"{run['chip_hours']:.1f}"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]

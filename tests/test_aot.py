@@ -69,6 +69,30 @@ def test_paper_on_v5e_fsdp4(v5e):
   assert train["bytes_per_device"]["aliased"] >= 3 * sae  # params and optimizer state are donated
   assert train["fits"] is True and train["flops_per_device"] > 3 * 2 * 1024 * D * F  # fwd + bwd matmuls
 
+  # Step time (the roofline of XLA's costs on v5e: 197 TFLOP/s, 819 GB/s), MFU, tokens/s and the paper's run:
+  # 819.2M tokens = 200,000 SAE steps of 4096, 100,000 model batches of 8 x 1024 (on the fly).
+  for name, stage in plan["stages"].items():
+    t = stage["step_seconds"]
+    assert t["seconds"] == max(stage["flops_per_device"] / 197e12, stage["bytes_accessed_per_device"] / 819e9,
+                               stage["bytes_per_device"]["arguments"] / 819e9)
+    assert t["mfu"] == round(stage["flops_per_device"] / 197e12 / t["seconds"], 4) and 0 < t["mfu"] <= 1
+    assert stage["tokens_per_second"] == round(stage["tokens_per_step"] / t["seconds"])
+  assert plan["stages"]["train_sae"]["full_run"]["steps"] == 200_000 == 819_200_000 // 4096
+  assert plan["stages"]["collect"]["full_run"]["steps"] == 100_000
+  for name, steps in (("train_sae", 200_000), ("collect", 100_000)):
+    run = plan["stages"][name]["full_run"]
+    hours = steps * plan["stages"][name]["step_seconds"]["seconds"] / 3600
+    assert run["tokens"] == 819_200_000 and math.isclose(run["hours"], hours, rel_tol=1e-3)
+    assert math.isclose(run["chip_hours"], 4 * hours, rel_tol=1e-3)
+  both = plan["runs"]["train_sae.py"]["full_run"]
+  assert both["steps"] == {"collect": 100_000, "train_sae": 200_000}
+  assert math.isclose(both["hours"], sum(plan["stages"][n]["full_run"]["hours"] for n in ("collect", "train_sae")),
+                      rel_tol=1e-3)
+  table = aot.summary(plan)
+  assert table[0].split() == ["stage", "fits", "HBM/device", "step", "tokens/s", "MFU", "full", "run", "chip-hours"]
+  assert [row.split()[0] for row in table[1:]] == ["collect", "train_sae", "train_sae.py"]
+  assert aot.not_fitting(plan) == ["train_sae.py"]
+
   run = plan["runs"]["train_sae.py"]
   half, slack = 131072, 8 * 1024
   assert run["shuffle_buffer_bytes_device0"] == (half + half + slack + 2 * half) * D * 4
@@ -276,3 +300,13 @@ def test_launch_errors(tmp_path):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == ("error: the mean generated length 40000 must be in [1, 32768] "
                                                   "(the cache's tokens)")
+  # A stage that does not fit (a 32x SAE with Adam replicated on 16 GiB chips): the report, then exit 2.
+  out = tmp_path / "plan.json"
+  proc = _launch("--topology=v5e:2x2", "--config=" + os.path.join(REPO, "configs", "paper_r1_llama8b_l19.py"),
+                 "--stages=train_sae", f"--config.sae.d_sae={32 * D}", "--config.mesh.data=4", f"--out={out}")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == ("error: v5e:2x2 with mesh data=4 fsdp=1 model=1 does not fit "
+                                                  "train_sae, train_sae.py: see the advice above")
+  report = json.loads(proc.stdout)
+  assert report == json.load(open(out)) and report["stages"]["train_sae"]["fits"] is False
+  assert "train_sae does not fit" in proc.stderr and "raise --config.mesh.model" in proc.stderr

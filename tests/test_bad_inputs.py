@@ -41,7 +41,7 @@ ROWS = [
     ("convert_model_missing", "convert.py", ["--model={d}/nope", "--out={d}/o"], 2,
      "is neither a checkpoint dir, a .gguf file, nor a hub id"),
     ("convert_dtype", "convert.py", ["--model={tiny}", "--out={d}/o", "--dtype=float8"], FLAG_ERROR, None),
-    ("convert_no_out", "convert.py", ["--model={tiny}"], FLAG_ERROR, None),
+    ("convert_no_out", "convert.py", ["--model={tiny}"], 2, "--out (or --root) required"),
     # collect_activations.py
     ("collect_shard_tokens_0", "collect_activations.py", [DEMO, "--config.model.path={model}", "--out={d}/o",
                                                           "--shard_tokens=0"], 2, "--shard_tokens=0: expected"),
