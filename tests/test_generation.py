@@ -177,13 +177,32 @@ def test_sample_keys_depend_on_the_sample_only():
   assert not np.array_equal(a, sample_key(1, "aime/3", 0))
 
 
-def test_f32_cache_of_a_bf16_model_gives_the_bf16_cache_tokens(assets):
-  """The CPU default stores the bf16 model's keys/values in f32: the same bf16-rounded values, summed by another
-  dot kernel (f32 accumulation order only), so a real model's greedy tokens stay the same."""
-  bf16 = load_model(assets.smollm2_gguf, jnp.bfloat16)
+def test_f32_cache_of_a_bf16_model_costs_no_accuracy(assets):
+  """The CPU default stores the bf16 model's keys/values in f32 (where XLA fuses RoPE into that store, without
+  bf16's intermediate roundings, entries differ by a few ulps). Teacher-forced on the f32 model's greedy tokens,
+  its logits are as close to the f32 model's as the bf16 cache's are (mean |error| within 1.25x; both are bf16
+  noise). Greedy tokens of the two caches may part at a near-tie, so they are not compared."""
+  from flax import nnx
+  from sae_jax.models.transformer import KVCache
   tok = transformers.AutoTokenizer.from_pretrained(assets.smollm2_hf)
-  reqs = [Request(i, tuple(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                                   tokenize=True, return_dict=True)["input_ids"]), 16)
-          for i, t in enumerate(["Why is the sky blue?", "List three uses of a paperclip."])]
-  assert _run(Engine(bf16, 2, 96, cache_dtype=jnp.float32), reqs) == _run(Engine(bf16, 2, 96,
-                                                                                 cache_dtype=jnp.bfloat16), reqs)
+  prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True,
+                                     return_dict=True)["input_ids"]
+             for t in ["Why is the sky blue?", "List three uses of a paperclip."]]
+  f32, bf16 = load_model(assets.smollm2_gguf, jnp.float32), load_model(assets.smollm2_gguf, jnp.bfloat16)
+  continuations = greedy_generate(f32, prompts, 16)
+
+  def forced(model, cache_dtype, prompt, cont):
+    graphdef, state = nnx.split(model)
+    step = jax.jit(lambda s, t, c: (lambda o: (o.logits[0, -1].astype(jnp.float32), o.cache))(
+        nnx.merge(graphdef, s)(t, cache=c)))
+    logits, cache = step(state, jnp.asarray([prompt]), KVCache.zeros(model.cfg, 1, 96, cache_dtype))
+    out = [logits]
+    for t in cont[:-1]:
+      logits, cache = step(state, jnp.asarray([[t]]), cache)
+      out.append(logits)
+    return np.stack(out)
+
+  for prompt, cont in zip(prompts, continuations):
+    wide, narrow, truth = (forced(m, d, prompt, cont) for m, d in ((bf16, jnp.float32), (bf16, jnp.bfloat16),
+                                                                    (f32, jnp.float32)))
+    assert np.abs(wide - truth).mean() <= 1.25 * np.abs(narrow - truth).mean()
