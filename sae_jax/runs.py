@@ -21,6 +21,7 @@ import numpy as np
 
 from sae_jax import io as sio
 from sae_jax import paper
+from sae_jax.activations.buffer import batches_per_epoch
 from sae_jax.activations.collect import ActivationSource, make_site_fn
 from sae_jax.activations.shards import ActivationsConfig, CachedRows, ShardReader, ShardWriter, fill_cache
 from sae_jax.data.corpus import CorpusConfig
@@ -129,7 +130,7 @@ SECTIONS = {
     "steering": SteeringConfig,
 }
 # The keys that fix a corpus's rows: with an activation cache they come from the cache.
-CORPUS_KEYS = ("data.sources", "data.context_size", "data.mode", "data.shuffle_seed")
+CORPUS_KEYS = ("data.sources", "data.context_size", "data.mode", "data.num_proc", "data.shuffle_seed")
 
 
 # ---- the config layout ----
@@ -198,26 +199,52 @@ def load_model(c, sae_cfg: SAEConfig, mesh):
   return model
 
 
-def model_source(c, sae_cfg: SAEConfig, mesh, loop: bool) -> ActivationSource:
-  """`ActivationSource` running the config's model to `sae.hook_layer` over the corpus."""
+def model_source(c, sae_cfg: SAEConfig, mesh, rows=None) -> ActivationSource:
+  """`ActivationSource` running the config's model to `sae.hook_layer` over the corpus (`rows` if already packed)."""
   model = load_model(c, sae_cfg, mesh)
-  return ActivationSource(model, token_rows(c), layer=sae_cfg.hook_layer, site=sae_cfg.hook_site,
-                          exclude_ids=sae_cfg.exclude_special_tokens, batch_rows=c.data.store_batch_rows,
-                          mesh=mesh, loop=loop)
+  return ActivationSource(model, token_rows(c) if rows is None else rows, layer=sae_cfg.hook_layer,
+                          site=sae_cfg.hook_site, exclude_ids=sae_cfg.exclude_special_tokens,
+                          batch_rows=c.data.store_batch_rows, mesh=mesh)
 
 
-def producer(c, sae_cfg: SAEConfig, mesh):
-  """Cached shards when `activations.cache_dir` is set, otherwise the model on the fly."""
+def training_data(c, sae_cfg: SAEConfig, opts: TrainerOptions) -> tuple[np.ndarray | None, dict]:
+  """(token rows, or None for an activation cache; the token budget), checked before any model is read.
+
+  One pass over the data serves `buffer.batches_per_epoch` batches of its kept activations (BOS/EOS and the
+  rows of a last partial model batch are not). The run takes `sae.n_steps` plus the norm estimate's batches. If
+  a pass falls short, the run fails here with the numbers, unless `activations.loop` starts the data again.
+  """
   acts = section(c, "activations")
   if acts.cache_dir:
     if not sio.is_url(acts.cache_dir) and not os.path.isdir(acts.cache_dir):
       raise UserError(f"activations.cache_dir {acts.cache_dir} does not exist")
-    reader = ShardReader(acts.cache_dir, d=sae_cfg.d_in, loop=acts.loop)
-    if not reader.manifest.get("done"):
+    manifest = ShardReader(acts.cache_dir, d=sae_cfg.d_in).manifest
+    if not manifest.get("done"):
       raise UserError(f"activation cache {acts.cache_dir} is incomplete (done=false: its collection stopped "
                       "early): rerun the same collect_activations.py command to finish it")
-    return reader
-  return model_source(c, sae_cfg, mesh, loop=acts.loop)
+    rows, kept, where = None, sum(s["tokens"] for s in manifest["shards"]), f"the cache {acts.cache_dir}"
+  else:
+    rows = token_rows(c)
+    used = rows[:len(rows) // c.data.store_batch_rows * c.data.store_batch_rows]
+    if len(used) == 0:
+      raise UserError(f"the token corpus has {len(rows)} rows, fewer than one batch of {c.data.store_batch_rows}")
+    excluded = int(np.isin(used, np.asarray(sae_cfg.exclude_special_tokens, np.int64)).sum())
+    kept, where = int(used.size - excluded), f"{len(used):,} rows of {used.shape[1]} tokens"
+  norm = sae_cfg.n_batches_for_norm_estimate if sae_cfg.normalize_activations != "none" else 0
+  need = sae_cfg.n_steps + norm
+  per_pass = batches_per_epoch(kept, opts.buffer_half_tokens, sae_cfg.batch_size)
+  budget = {"kept_tokens_per_pass": kept, "batches_per_pass": per_pass, "batches_needed": need,
+            "passes": round(need / per_pass, 4) if per_pass else float("inf"), "loop": acts.loop}
+  numbers = (f"{where} keep {kept:,} activations a pass (without sae.exclude_special_tokens), which serve "
+             f"{per_pass:,} batches of {sae_cfg.batch_size:,} (the first buffer half of {opts.buffer_half_tokens:,} "
+             f"only primes the buffer; a last partial half is dropped); the run takes {need:,} = sae.n_steps "
+             f"{sae_cfg.n_steps:,} + {norm:,} for the norm estimate")
+  if per_pass == 0:
+    raise UserError(f"{numbers}: add data or lower trainer.buffer_half_tokens")
+  if need > per_pass and not acts.loop:
+    raise UserError(f"{numbers}: add data, lower sae.n_steps, or set activations.loop=true to start the data "
+                    "again when it runs out, as SAELens does")
+  return rows, budget
 
 
 @contextlib.contextmanager
@@ -249,7 +276,7 @@ def collect(c, out: str, shard_tokens: int, max_batches: int = 0) -> dict:
   maybe_initialize_distributed()
   start = time.time()
   sae_cfg = section(c, "sae")
-  source = model_source(c, sae_cfg, section(c, "mesh").make(), loop=False)
+  source = model_source(c, sae_cfg, section(c, "mesh").make())
   meta = {"model": c.model.path, "layer": sae_cfg.hook_layer, "site": sae_cfg.hook_site,
           "sources": list(c.data.sources), "context_size": c.data.context_size, "mode": c.data.mode,
           "exclude_ids": list(sae_cfg.exclude_special_tokens), "tokenizer": tokenizer_path(c)}
@@ -274,11 +301,21 @@ def train(c) -> dict:
       return json.load(f)
   mesh = section(c, "mesh").make()
   check_mesh(sae_cfg, mesh)
-  acts = producer(c, sae_cfg, mesh)
-  chunk = acts.manifest["shard_tokens"] if c.activations.cache_dir else c.data.store_batch_rows * c.data.context_size
+  shape = section(c, "model").peek() if c.model.path and not c.activations.cache_dir else None
+  if shape is not None:  # the width from config.json, before the corpus is packed
+    sae_cfg.check_width(shape.hidden_size)
+  rows, budget = training_data(c, sae_cfg, opts)
+  print(f"data: {budget['kept_tokens_per_pass']:,} activations a pass serve {budget['batches_per_pass']:,} batches; "
+        f"the run takes {budget['batches_needed']:,} ({budget['passes']:g} passes)")
+  if rows is None:
+    acts = ShardReader(c.activations.cache_dir, d=sae_cfg.d_in)
+    chunk = acts.manifest["shard_tokens"]
+  else:
+    acts, chunk = model_source(c, sae_cfg, mesh, rows), c.data.store_batch_rows * c.data.context_size
   stream = BatchStream(acts, d=sae_cfg.d_in, batch_size=sae_cfg.batch_size, half=opts.buffer_half_tokens,
-                       slack=chunk, seed=sae_cfg.seed, sharding=batch_sharding(mesh))
+                       slack=chunk, seed=sae_cfg.seed, sharding=batch_sharding(mesh), loop=c.activations.loop)
   result = train_sae(sae_cfg, stream, opts, mesh=mesh)
+  result["data"] = budget
   sae = result.pop("sae")
   batches = section(c, "eval").batches
   if c.model.path and batches > 0:
