@@ -41,16 +41,23 @@ from sae_jax.features.vocab import Vocabulary, load_reason_strings
 from sae_jax.models.checkpoint import ModelSpec
 from sae_jax.models.sharding import MeshConfig, batch_sharding, maybe_initialize_distributed
 from sae_jax.sae import SAE, SAEConfig, load_saelens
-from sae_jax.sae.splice_eval import splice_metrics
+from sae_jax.sae.splice_eval import reconstruction_eval, splice_metrics
 from sae_jax.sae.trainer import BatchStream, TrainerOptions, check_mesh, finished
 from sae_jax.sae.trainer import train as train_sae
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  """After training: CE loss / KL with the SAE spliced in vs clean vs zero-ablation, on the corpus's last rows."""
+  """After training: CE loss / KL with the SAE spliced in vs clean vs zero-ablation, and explained variance / L0,
+  on held-out rows (`sources`) or else the corpus's last rows (which training may have read)."""
 
   batches: int = 10  # of data.store_batch_rows rows; 0 skips the eval
+  sources: tuple[str, ...] = ()  # held-out text, packed as data.* packs (`PATH#key=value`); (): the corpus's rows
+
+  def __post_init__(self):
+    object.__setattr__(self, "sources", tuple(self.sources))
+    if self.batches < 0:
+      raise UserError(f"eval.batches must be >= 0 (0 skips the eval), got {self.batches}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,21 +324,33 @@ def train(c) -> dict:
   result = train_sae(sae_cfg, stream, opts, mesh=mesh)
   result["data"] = budget
   sae = result.pop("sae")
-  batches = section(c, "eval").batches
-  if c.model.path and batches > 0:
-    result["splice_eval"] = _splice_eval(c, sae, batches, mesh)
+  ev = section(c, "eval")
+  if c.model.path and ev.batches > 0:
+    result["splice_eval"] = _splice_eval(c, sae, ev, mesh, rows)
   sio.write_json(result_path, result, default=float)
   return result
 
 
-def _splice_eval(c, sae: SAE, batches: int, mesh) -> dict:
-  """CE-loss recovered etc. of the trained SAE on the last `batches` batches of the corpus."""
+def _splice_eval(c, sae: SAE, ev: EvalConfig, mesh, rows=None) -> dict:
+  """CE-loss recovered, KL, explained variance and L0 of the trained SAE on `ev.batches` batches: of the held-out
+  `ev.sources`, or else the corpus's last rows (`rows` if already packed)."""
   model = load_model(c, sae.cfg, mesh)
-  rows = token_rows(c)
   b = c.data.store_batch_rows
-  n = min(batches, len(rows) // b)
-  return splice_metrics(model, sae, [rows[len(rows) - (i + 1) * b:len(rows) - i * b] for i in range(n)],
-                        exclude_ids=sae.cfg.exclude_special_tokens)
+  if ev.sources:
+    held_out = dataclasses.replace(section(c, "data"), sources=ev.sources, num_rows=ev.batches * b, shuffle_seed=-1)
+    rows = held_out.rows(tokenizer_path(c))
+    batches, where = [rows[i * b:(i + 1) * b] for i in range(len(rows) // b)], "held-out: eval.sources"
+  else:
+    rows = token_rows(c) if rows is None else rows
+    n = min(ev.batches, len(rows) // b)
+    batches = [rows[len(rows) - (i + 1) * b:len(rows) - i * b] for i in range(n)]
+    where = "the training corpus's last rows"
+  if not batches:
+    raise UserError(f"the eval rows ({where}) fill no batch of data.store_batch_rows={b}")
+  exclude = sae.cfg.exclude_special_tokens
+  recon = reconstruction_eval(model, sae, batches, exclude_ids=exclude)
+  return {**splice_metrics(model, sae, batches, exclude_ids=exclude), "rows": where,
+          "explained_variance": recon["explained_variance"], "l0": recon["l0"], "mse_loss": recon["mse_loss"]}
 
 
 @dataclasses.dataclass

@@ -111,13 +111,15 @@ def test_train_sae_on_the_fly(assets, tmp_path):
                              "--config.sae.batch_size=128", "--config.sae.d_sae=1152",
                              "--config.sae.lr_decay_steps=5", "--config.sae.l1_warm_up_steps=5",
                              "--config.sae.n_batches_for_norm_estimate=4", "--config.trainer.buffer_half_tokens=512",
-                             "--config.eval.batches=2", "--config.trainer.progress=false"),
+                             "--config.eval.batches=2", "--config.trainer.progress=false",
+                             "--config.eval.sources=('demo#n=12,seed=7',)"),
                         capture_output=True, text=True, env=_env(), timeout=300)
   assert proc.returncode == 0, proc.stderr
   result = json.load(open(out / "result.json"))
   ev = result["splice_eval"]
   assert ev["ce_loss_clean"] < ev["ce_loss_zero_ablation"] and ev["tokens"] > 0
-  assert result["steps"] == 20
+  assert ev["rows"] == "held-out: eval.sources" and ev["explained_variance"] < 1 and ev["l0"] > 0
+  assert result["steps"] == 20 and result["data"]["loop"] and result["data"]["batches_needed"] == 24
 
 
 def test_paper_config_is_the_paper_sae_and_other_architectures_get_their_defaults():
