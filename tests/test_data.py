@@ -482,7 +482,8 @@ from transformers import AutoTokenizer
 from transformer_lens.utils import tokenize_and_concatenate
 datasets.disable_progress_bars()
 tok_dir, docs_file, ctx, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-assert version("transformer-lens") == "2.17.0", version("transformer-lens")
+assert version("transformer-lens") == "2.17.0", (
+    f"the peer venv has transformer-lens {version('transformer-lens')}, not 2.17.0: run bash launch/bench_env.sh")
 docs = json.load(open(docs_file))
 tok = AutoTokenizer.from_pretrained(tok_dir)
 if tok.pad_token_id == tok.eos_token_id:  # as the reference's scripts do before packing
