@@ -91,13 +91,14 @@ res = json.load(open(os.path.join(out, "sae_train", "result.json")))
 ev = res["splice_eval"]
 print(f"train   : {res['steps']} steps ({res['data']['passes']:.2f} passes over the data), dead "
       f"{res['dead_fraction']:.3f}, {res['tokens_per_second']} tokens/s; SAELens export at {res['sae_dir']}")
-print(f"held out: {ev['tokens']} tokens of problems the SAE never trained on ({ev['rows']}): explained variance "
-      f"{ev['explained_variance']:.3f} (last training batches {res['explained_variance']:.3f}), L0 {ev['l0']:.1f}")
+print(f"held out: {ev['tokens']} tokens of problems the SAE never trained on ({ev['rows']}; CE, KL below too): "
+      f"explained variance {ev['explained_variance']:.3f} (last training batches {res['explained_variance']:.3f}), "
+      f"L0 {ev['l0']:.1f}")
 print(f"splice  : CE clean {ev['ce_loss_clean']:.3f}, with SAE {ev['ce_loss_with_sae']:.3f}, zero-ablation "
       f"{ev['ce_loss_zero_ablation']:.3f} -> CE-loss recovered {ev['ce_loss_recovered']:.3f}; KL {ev['kl_with_sae']:.3f}"
       f" (zero-ablation {ev['kl_zero_ablation']:.3f})")
-print("  ranges: explained variance = share of the activations' variance the reconstruction keeps: good SAEs reach")
-print("          0.7-0.9 (the paper's ~0.69); L0 = features active per token: tens to ~100 is usable (the paper's ~86),")
+print("  ranges: explained variance = share of the activations' variance the reconstruction keeps: good LLM SAEs")
+print("          reach 0.7-0.9 (the paper's ~0.69); L0 = features active per token: tens to ~100 is usable (the paper's ~86),")
 print("          a few reconstructs poorly, hundreds is hardly sparse; CE-loss recovered: 1 = splicing the SAE in loses")
 print("          nothing downstream, 0 = as bad as deleting the site, good SAEs > 0.9; KL(clean || with SAE) per token")
 print("          in nats: below ~0.1 is good, zero-ablation's KL gives the scale.")
