@@ -7,7 +7,8 @@ collect_activations.py caches once so that any SAE can be scored from the cache.
       --sae=path/to/sae --out=runs/rs
 
 The rows are the reference's: the OpenThoughts 10k subset in the DeepSeek template, packed like
-TransformerLens into 1024-token rows, shuffled with seed 42 as `datasets` does, the first 4096 (4.19M tokens).
+TransformerLens into 1024-token rows (its map over 4 processes, as compute_score.py ran it), shuffled with
+seed 42 as `datasets` does, the first 4096 (4.19M tokens).
 BOS/EOS are not cached; ReasonScore ignores them anyway. No model is set: give --config.model.path, or a cache
 of its activations (--config.activations.cache_dir).
 """
@@ -20,5 +21,5 @@ def get_config():
   c = paper_r1_llama8b_l19.get_config()
   c.model.path = ""
   c.data.update(sources=(paper.EXTRACTION_SOURCE,), num_rows=paper.EXTRACTION_ROWS,
-                shuffle_seed=paper.EXTRACTION_SHUFFLE_SEED)
+                shuffle_seed=paper.EXTRACTION_SHUFFLE_SEED, num_proc=paper.EXTRACTION_NUM_PROC)
   return c

@@ -23,6 +23,8 @@ import torch, sae_lens
 from sae_lens.training.sae_trainer import SAETrainer  # noqa: F401  (what bench/saelens_worker.py runs)
 assert torch.__version__ == "2.13.0+cpu", f"bench venv has torch {torch.__version__}, expected the 2.13.0+cpu wheel"
 assert sae_lens.__version__ == "5.5.2", sae_lens.__version__
+from importlib.metadata import version
+assert version("transformer-lens") == "2.17.0", version("transformer-lens")
 PY
   echo "$want" > "$stamp"
 fi

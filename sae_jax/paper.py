@@ -10,12 +10,18 @@ D_IN, EXPANSION = 4096, 16  # its residual width and the SAE's expansion (4096 -
 # Training: LMSYS-Chat-1M and OpenThoughts-114k in the DeepSeek template, packed separately, mixed half and half.
 TRAINING_SOURCES = ("lmsys/lmsys-chat-1m#builder=lmsys,weight=1",
                     "open-thoughts/OpenThoughts-114k#builder=openthoughts,config=metadata,weight=1")
-TRAINING_ROWS = 800_000  # 819.2M training tokens + the norm estimate, at 1024 tokens a row
+# The prepare scripts keep min(ceil(800M / 1024), len) rows: the released token set's 781,250 rows, 800M tokens.
+# The run takes more (200,000 steps + 1,000 norm-estimate batches of 4096 = 823.3M activations), so SAELens
+# started the data again after one pass, and so does the paper config (`activations.loop`): ~1.03 passes.
+TRAINING_ROWS = 781_250
 
 # ReasonScore's extraction set: the OpenThoughts 10k subset, rows shuffled as `datasets` does, the first 4096.
 EXTRACTION_SOURCE = "open-thoughts/OpenThoughts-114k#builder=openthoughts_subset,config=metadata"
 EXTRACTION_ROWS = 4096
 EXTRACTION_SHUFFLE_SEED = 42
+# `tokenize_and_concatenate`'s `datasets.map` processes: TL's default 10 in the training prepare scripts, 4 in
+# compute_score.py / compute_dashboard.py (its 1000-doc batches restart at each process's shard).
+TRAINING_NUM_PROC, EXTRACTION_NUM_PROC = 10, 4
 DASHBOARD_ROWS = 10_000  # SAEDashboard read the first rows of the extraction set, unshuffled
 
 # ReasonScore.

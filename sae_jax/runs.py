@@ -22,6 +22,7 @@ import numpy as np
 from sae_jax import io as sio
 from sae_jax import paper
 from sae_jax import runinfo
+from sae_jax.activations.buffer import batches_per_epoch
 from sae_jax.activations.collect import ActivationSource, make_site_fn
 from sae_jax.activations.shards import ActivationsConfig, CachedRows, ShardReader, ShardWriter, fill_cache
 from sae_jax.data.corpus import CorpusConfig
@@ -41,16 +42,23 @@ from sae_jax.features.vocab import Vocabulary, load_reason_strings
 from sae_jax.models.checkpoint import ModelSpec
 from sae_jax.models.sharding import MeshConfig, batch_sharding, maybe_initialize_distributed
 from sae_jax.sae import SAE, SAEConfig, load_sae
-from sae_jax.sae.splice_eval import splice_metrics
+from sae_jax.sae.splice_eval import reconstruction_eval, splice_metrics
 from sae_jax.sae.trainer import BatchStream, StopSignals, TrainerOptions, check_mesh, finished
 from sae_jax.sae.trainer import train as train_sae
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  """After training: CE loss / KL with the SAE spliced in vs clean vs zero-ablation, on the corpus's last rows."""
+  """After training: CE loss / KL with the SAE spliced in vs clean vs zero-ablation, and explained variance / L0,
+  on held-out rows (`sources`) or else the corpus's last rows (which training may have read)."""
 
   batches: int = 10  # of data.store_batch_rows rows; 0 skips the eval
+  sources: tuple[str, ...] = ()  # held-out text, packed as data.* packs (`PATH#key=value`); (): the corpus's rows
+
+  def __post_init__(self):
+    object.__setattr__(self, "sources", tuple(self.sources))
+    if self.batches < 0:
+      raise UserError(f"eval.batches must be >= 0 (0 skips the eval), got {self.batches}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +138,7 @@ SECTIONS = {
     "steering": SteeringConfig,
 }
 # The keys that fix a corpus's rows: with an activation cache they come from the cache.
-CORPUS_KEYS = ("data.sources", "data.context_size", "data.mode", "data.shuffle_seed")
+CORPUS_KEYS = ("data.sources", "data.context_size", "data.mode", "data.num_proc", "data.shuffle_seed")
 
 
 # ---- the config layout ----
@@ -199,38 +207,71 @@ def load_model(c, sae_cfg: SAEConfig, mesh):
   return model
 
 
-def model_source(c, sae_cfg: SAEConfig, mesh, loop: bool, stop: StopSignals | None = None,
+def model_source(c, sae_cfg: SAEConfig, mesh, rows=None, stop: StopSignals | None = None,
                  prefix: str = "[collect]") -> ActivationSource:
-  """`ActivationSource` running the config's model to `sae.hook_layer` over the corpus; the model load and the
-  tokenization are `runinfo.Phase`s (`prefix` names the run), during which `stop` says nothing is saved yet."""
+  """`ActivationSource` running the config's model to `sae.hook_layer` over the corpus (`rows` if already packed);
+  the model load and the tokenization are `runinfo.Phase`s (`prefix` names the run), during which `stop` says
+  nothing is saved yet."""
   if stop:
     stop.immediate("the model load")
   with runinfo.Phase(f"{prefix} model {c.model.path}", start=c.model.dtype) as phase:
     model = load_model(c, sae_cfg, mesh)
     phase.result = f"{model.cfg.num_layers} layers, width {model.cfg.hidden_size}"
+  if rows is None:
+    rows = _tokenize(c, stop, prefix)
+  return ActivationSource(model, rows, layer=sae_cfg.hook_layer, site=sae_cfg.hook_site,
+                          exclude_ids=sae_cfg.exclude_special_tokens, batch_rows=c.data.store_batch_rows, mesh=mesh)
+
+
+def _tokenize(c, stop: StopSignals | None, prefix: str) -> np.ndarray:
   if stop:
     stop.immediate("the tokenization")
   with runinfo.Phase(f"{prefix} corpus", unit="tokens", start=", ".join(c.data.sources)) as phase:
     rows = token_rows(c)
     phase.done = int(rows.size)
     phase.result = f"{len(rows)} rows of {rows.shape[1]} tokens"
-  return ActivationSource(model, rows, layer=sae_cfg.hook_layer, site=sae_cfg.hook_site,
-                          exclude_ids=sae_cfg.exclude_special_tokens, batch_rows=c.data.store_batch_rows,
-                          mesh=mesh, loop=loop)
+  return rows
 
 
-def producer(c, sae_cfg: SAEConfig, mesh, stop: StopSignals | None = None):
-  """Cached shards when `activations.cache_dir` is set, otherwise the model on the fly."""
+def training_data(c, sae_cfg: SAEConfig, opts: TrainerOptions,
+                  stop: StopSignals | None = None) -> tuple[np.ndarray | None, dict]:
+  """(token rows, or None for an activation cache; the token budget), checked before any model is read.
+
+  One pass over the data serves `buffer.batches_per_epoch` batches of its kept activations (BOS/EOS and the
+  rows of a last partial model batch are not). The run takes `sae.n_steps` plus the norm estimate's batches. If
+  a pass falls short, the run fails here with the numbers, unless `activations.loop` starts the data again.
+  """
   acts = section(c, "activations")
   if acts.cache_dir:
     if not sio.is_url(acts.cache_dir) and not os.path.isdir(acts.cache_dir):
       raise UserError(f"activations.cache_dir {acts.cache_dir} does not exist")
-    reader = ShardReader(acts.cache_dir, d=sae_cfg.d_in, loop=acts.loop)
-    if not reader.manifest.get("done"):
+    manifest = ShardReader(acts.cache_dir, d=sae_cfg.d_in).manifest
+    if not manifest.get("done"):
       raise UserError(f"activation cache {acts.cache_dir} is incomplete (done=false: its collection stopped "
                       "early): rerun the same collect_activations.py command to finish it")
-    return reader
-  return model_source(c, sae_cfg, mesh, loop=acts.loop, stop=stop, prefix="[train]")
+    rows, kept, where = None, sum(s["tokens"] for s in manifest["shards"]), f"the cache {acts.cache_dir}"
+  else:
+    rows = _tokenize(c, stop, "[train]")
+    used = rows[:len(rows) // c.data.store_batch_rows * c.data.store_batch_rows]
+    if len(used) == 0:
+      raise UserError(f"the token corpus has {len(rows)} rows, fewer than one batch of {c.data.store_batch_rows}")
+    excluded = int(np.isin(used, np.asarray(sae_cfg.exclude_special_tokens, np.int64)).sum())
+    kept, where = int(used.size - excluded), f"{len(used):,} rows of {used.shape[1]} tokens"
+  norm = sae_cfg.n_batches_for_norm_estimate if sae_cfg.normalize_activations != "none" else 0
+  need = sae_cfg.n_steps + norm
+  per_pass = batches_per_epoch(kept, opts.buffer_half_tokens, sae_cfg.batch_size)
+  budget = {"kept_tokens_per_pass": kept, "batches_per_pass": per_pass, "batches_needed": need,
+            "passes": round(need / per_pass, 4) if per_pass else float("inf"), "loop": acts.loop}
+  numbers = (f"{where} keep {kept:,} activations a pass (without sae.exclude_special_tokens), which serve "
+             f"{per_pass:,} batches of {sae_cfg.batch_size:,} (the first buffer half of {opts.buffer_half_tokens:,} "
+             f"only primes the buffer; a last partial half is dropped); the run takes {need:,} = sae.n_steps "
+             f"{sae_cfg.n_steps:,} + {norm:,} for the norm estimate")
+  if per_pass == 0:
+    raise UserError(f"{numbers}: add data or lower trainer.buffer_half_tokens")
+  if need > per_pass and not acts.loop:
+    raise UserError(f"{numbers}: add data, lower sae.n_steps, or set activations.loop=true to start the data "
+                    "again when it runs out, as SAELens does")
+  return rows, budget
 
 
 def _path_key(path: str) -> str:
@@ -289,7 +330,7 @@ def collect(c, out: str, shard_tokens: int, max_batches: int = 0) -> dict:
   maybe_initialize_distributed()
   start = time.time()
   sae_cfg = section(c, "sae")
-  source = model_source(c, sae_cfg, section(c, "mesh").make(), loop=False)
+  source = model_source(c, sae_cfg, section(c, "mesh").make())
   meta = {"model": c.model.path, "layer": sae_cfg.hook_layer, "site": sae_cfg.hook_site,
           "sources": list(c.data.sources), "context_size": c.data.context_size, "mode": c.data.mode,
           "exclude_ids": list(sae_cfg.exclude_special_tokens), "tokenizer": tokenizer_path(c)}
@@ -321,32 +362,55 @@ def train(c) -> dict:
         return json.load(f)
     mesh = section(c, "mesh").make()
     check_mesh(sae_cfg, mesh)
-    acts = producer(c, sae_cfg, mesh, stop)
-    chunk = (acts.manifest["shard_tokens"] if c.activations.cache_dir
-             else c.data.store_batch_rows * c.data.context_size)
+    shape = section(c, "model").peek() if c.model.path and not c.activations.cache_dir else None
+    if shape is not None:  # the width from config.json, before the corpus is packed
+      sae_cfg.check_width(shape.hidden_size)
+    rows, budget = training_data(c, sae_cfg, opts, stop)
+    runinfo.say(f"[train] data: {budget['kept_tokens_per_pass']:,} activations a pass serve "
+                f"{budget['batches_per_pass']:,} batches; the run takes {budget['batches_needed']:,} "
+                f"({budget['passes']:g} passes)")
+    if rows is None:
+      acts = ShardReader(c.activations.cache_dir, d=sae_cfg.d_in)
+      chunk = acts.manifest["shard_tokens"]
+    else:
+      acts = model_source(c, sae_cfg, mesh, rows, stop=stop, prefix="[train]")
+      chunk = c.data.store_batch_rows * c.data.context_size
     stream = BatchStream(acts, d=sae_cfg.d_in, batch_size=sae_cfg.batch_size, half=opts.buffer_half_tokens,
-                         slack=chunk, seed=sae_cfg.seed, sharding=batch_sharding(mesh))
+                         slack=chunk, seed=sae_cfg.seed, sharding=batch_sharding(mesh), loop=c.activations.loop)
     result = train_sae(sae_cfg, stream, opts, mesh=mesh, data=data, stop=stop)
+    result["data"] = budget
     sae = result.pop("sae")
-    batches = section(c, "eval").batches
-    if c.model.path and batches > 0:
+    ev = section(c, "eval")
+    if c.model.path and ev.batches > 0:
       stop.immediate("the splice eval", f"after the export: the SAE is in {result['sae_dir']}")
-      with runinfo.Phase("[train] splice eval", start=f"{batches} batches"):
-        result["splice_eval"] = _splice_eval(c, sae, batches, mesh)
+      with runinfo.Phase("[train] splice eval", start=f"{ev.batches} batches"):
+        result["splice_eval"] = _splice_eval(c, sae, ev, mesh, rows)
     sio.write_json(result_path, result, default=float)
     return result
   finally:
     stop.close()
 
 
-def _splice_eval(c, sae: SAE, batches: int, mesh) -> dict:
-  """CE-loss recovered etc. of the trained SAE on the last `batches` batches of the corpus."""
+def _splice_eval(c, sae: SAE, ev: EvalConfig, mesh, rows=None) -> dict:
+  """CE-loss recovered, KL, explained variance and L0 of the trained SAE on `ev.batches` batches: of the held-out
+  `ev.sources`, or else the corpus's last rows (`rows` if already packed)."""
   model = load_model(c, sae.cfg, mesh)
-  rows = token_rows(c)
   b = c.data.store_batch_rows
-  n = min(batches, len(rows) // b)
-  return splice_metrics(model, sae, [rows[len(rows) - (i + 1) * b:len(rows) - i * b] for i in range(n)],
-                        exclude_ids=sae.cfg.exclude_special_tokens)
+  if ev.sources:
+    held_out = dataclasses.replace(section(c, "data"), sources=ev.sources, num_rows=ev.batches * b, shuffle_seed=-1)
+    rows = held_out.rows(tokenizer_path(c))
+    batches, where = [rows[i * b:(i + 1) * b] for i in range(len(rows) // b)], "held-out: eval.sources"
+  else:
+    rows = token_rows(c) if rows is None else rows
+    n = min(ev.batches, len(rows) // b)
+    batches = [rows[len(rows) - (i + 1) * b:len(rows) - i * b] for i in range(n)]
+    where = "the training corpus's last rows"
+  if not batches:
+    raise UserError(f"the eval rows ({where}) fill no batch of data.store_batch_rows={b}")
+  exclude = sae.cfg.exclude_special_tokens
+  recon = reconstruction_eval(model, sae, batches, exclude_ids=exclude)
+  return {**splice_metrics(model, sae, batches, exclude_ids=exclude), "rows": where,
+          "explained_variance": recon["explained_variance"], "l0": recon["l0"], "mse_loss": recon["mse_loss"]}
 
 
 @dataclasses.dataclass

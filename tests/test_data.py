@@ -469,3 +469,86 @@ def test_extraction_rows_shuffle_like_datasets_and_config_path(assets, smol):
   c.data.sources = ("demo#n=10", "demo#n=3")
   with pytest.raises(UserError, match="takes one source"):
     token_rows(c)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real TransformerLens, and tokenized sources (sae_jax/paper.md, "Packing")
+
+_TL_SCRIPT = r"""
+import json, os, sys
+import numpy as np, datasets, transformer_lens
+from importlib.metadata import version
+from transformers import AutoTokenizer
+from transformer_lens.utils import tokenize_and_concatenate
+datasets.disable_progress_bars()
+tok_dir, docs_file, ctx, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+assert version("transformer-lens") == "2.17.0", (
+    f"the peer venv has transformer-lens {version('transformer-lens')}, not 2.17.0: run bash launch/bench_env.sh")
+docs = json.load(open(docs_file))
+tok = AutoTokenizer.from_pretrained(tok_dir)
+if tok.pad_token_id == tok.eos_token_id:  # as the reference's scripts do before packing
+  tok.add_special_tokens({"pad_token": "<PAD>"})
+for n in (1, 4):
+  ds = tokenize_and_concatenate(datasets.Dataset.from_dict({"text": docs}), tok, max_length=ctx,
+                                add_bos_token=False, num_proc=n)
+  np.save(os.path.join(out, f"tl_{n}.npy"), np.asarray(ds["tokens"]))
+ds.to_parquet(os.path.join(out, "tokenized.parquet"))  # the num_proc=4 rows, as a released `tokens` dataset
+np.save(os.path.join(out, "tl_4_shuffled.npy"), np.asarray(ds.shuffle(seed=42)["tokens"]))  # compute_score.py
+"""
+
+
+@pytest.fixture(scope="module")
+def tl_packed(assets, bench_python, tmp_path_factory):
+  """TransformerLens 2.17.0's own `tokenize_and_concatenate` (the reference fork's chunking: 2.18 moves the
+  20 cuts to whitespace) on 2,503 short documents with num_proc 1 and 4, in one subprocess of the peer venv."""
+  import os
+  import subprocess
+  out = tmp_path_factory.mktemp("tl")
+  docs = _docs(2503, seed=3)
+  (out / "docs.json").write_text(json.dumps(docs))
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  env.update(HF_DATASETS_CACHE=str(out / "cache"), TOKENIZERS_PARALLELISM="false")
+  proc = subprocess.run([bench_python, "-c", _TL_SCRIPT, assets.llama3_tokenizer, str(out / "docs.json"), "128",
+                         str(out)], capture_output=True, text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return docs, out
+
+
+@pytest.fixture(scope="module")
+def llama_pad(llama):
+  return D.reference_tokenizer(llama)  # with <PAD> already, packing copies no tokenizer
+
+
+@pytest.mark.parametrize("num_proc", [1, 4])
+def test_reference_packing_equals_transformer_lens(tl_packed, llama_pad, num_proc):
+  docs, out = tl_packed
+  want = np.load(out / f"tl_{num_proc}.npy")
+  got = D.pack_rows(docs, llama_pad, 128, mode="reference", num_proc=num_proc)
+  assert got.shape == want.shape
+  np.testing.assert_array_equal(got, want)
+  # 2,503 docs: one process batches 1000/1000/503, four restart at each 626-doc shard, so the rows differ.
+  other = np.load(out / f"tl_{5 - num_proc}.npy")
+  assert other.shape != want.shape or not np.array_equal(other, want)
+
+
+def test_tokenized_source_rows_as_released(tl_packed, llama, tmp_path):
+  """A `tokens` column (TL's output saved as parquet, as the released training set is) is read row for row:
+  cut to context_size, mixed with text sources, shuffled for extraction as compute_score.py does."""
+  from sae_jax.data.corpus import CorpusConfig
+  _, out = tl_packed
+  want = np.load(out / "tl_4.npy")
+  path = str(out / "tokenized.parquet")
+  np.testing.assert_array_equal(CorpusConfig(sources=(path,), context_size=128, num_rows=0).rows(llama), want)
+  np.testing.assert_array_equal(CorpusConfig(sources=(path,), context_size=100, num_rows=7).rows(llama),
+                                want[:7, :100])
+  shuffled = CorpusConfig(sources=(path,), context_size=128, num_rows=50, shuffle_seed=42).rows(llama)
+  np.testing.assert_array_equal(shuffled, np.load(out / "tl_4_shuffled.npy")[:50])
+  # A save_to_disk dir with `input_ids` (SAELens' other name) and a text source, mixed.
+  datasets.Dataset.from_dict({"input_ids": want[:40].tolist()}).save_to_disk(str(tmp_path / "ids"))
+  mixed = CorpusConfig(sources=(str(tmp_path / "ids"), f"{tmp_path / 'ids'}#column=input_ids,weight=1"),
+                       context_size=128, num_rows=20).rows(llama)
+  assert mixed.shape == (20, 128) and all(any(np.array_equal(r, w) for w in want[:40]) for r in mixed)
+  with pytest.raises(UserError, match="fewer than data.context_size=129"):
+    CorpusConfig(sources=(path,), context_size=129, num_rows=3).rows(llama)
+  with pytest.raises(UserError, match="tokenized source"):
+    CorpusConfig(sources=(path,), context_size=128, add_bos=True).rows(llama)

@@ -116,12 +116,14 @@ def test_train_sae_on_the_fly(assets, tmp_path):
                 "--config.trainer.progress=false", *extra)
 
   out = tmp_path / "train"
-  proc = subprocess.run(cmd(out, "--config.eval.batches=2"), capture_output=True, text=True, env=_env(), timeout=300)
+  proc = subprocess.run(cmd(out, "--config.eval.batches=2", "--config.eval.sources=('demo#n=12,seed=7',)"),
+                        capture_output=True, text=True, env=_env(), timeout=300)
   assert proc.returncode == 0, proc.stderr
   result = json.load(open(out / "result.json"))
   ev = result["splice_eval"]
   assert ev["ce_loss_clean"] < ev["ce_loss_zero_ablation"] and ev["tokens"] > 0
-  assert result["steps"] == 20
+  assert ev["rows"] == "held-out: eval.sources" and ev["explained_variance"] < 1 and ev["l0"] > 0
+  assert result["steps"] == 20 and result["data"]["loop"] and result["data"]["batches_needed"] == 24
   for line in [f"[train] model {assets.smollm2_hf}: done in ", "30 layers, width 576", "[train] corpus: done in ",
                "rows of 64 tokens", "[train] buffer fill: done in ", "[train] norm estimate: done in ",
                "4/4 batches", "scaling factor", "[train] splice eval: done in "]:

@@ -3,6 +3,11 @@
 Each refill collects `half` new activations, concatenates them with the stored half, permutes, keeps one
 half for the next refill and serves the other as training batches. The whole state is a pytree of arrays
 (`BufferState`), so a checkpoint can save it and a resumed run continues bit-identically.
+
+When the data runs out and looping is on, the buffer does what SAELens 5.5.2's `ActivationsStore` does at a
+dataset's end: the half being collected and the stored half are dropped (no sample leaks across epochs), the
+data starts again from its first row, and the store is primed anew. `batches_per_epoch` is that arithmetic,
+so a run can check its token budget before step 0.
 """
 
 import functools
@@ -10,6 +15,8 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+from sae_jax.errors import UserError
 
 
 @flax.struct.dataclass
@@ -34,6 +41,18 @@ def append(state: BufferState, acts: jax.Array, keep: jax.Array) -> BufferState:
   order = jnp.argsort(~keep, stable=True)
   pending = jax.lax.dynamic_update_slice_in_dim(state.pending, acts[order], state.count, axis=0)
   return state.replace(pending=pending, count=state.count + jnp.sum(keep, dtype=jnp.int32))
+
+
+def batches_per_epoch(kept_tokens: int, half: int, batch_size: int) -> int:
+  """Batches one pass over `kept_tokens` activations serves: the first half only primes the store, every further
+  full half serves half // batch_size batches, and the last partial half is dropped."""
+  return max(kept_tokens // half - 1, 0) * (half // batch_size)
+
+
+@jax.jit
+def restart(state: BufferState) -> BufferState:
+  """Drops the pending and stored activations (the next refill primes the store from the new epoch)."""
+  return state.replace(count=jnp.zeros((), jnp.int32), primed=jnp.zeros((), bool))
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -62,21 +81,37 @@ def refill(state: BufferState, batch_size: int) -> tuple[BufferState, jax.Array]
 
 
 class ShuffleBuffer:
-  """Feeds SAE training batches from an `ActivationSource`-like producer of (acts [n, d], keep [n])."""
+  """Feeds SAE training batches from an `ActivationSource`-like producer of (acts [n, d], keep [n]).
 
-  def __init__(self, produce, half: int, slack: int, d: int, batch_size: int, seed: int):
+  `rewind`: called when the producer is exhausted to start the data again from its first row (an epoch; see the
+  module docstring); None ends the stream there instead. `epoch` counts the restarts.
+  """
+
+  def __init__(self, produce, half: int, slack: int, d: int, batch_size: int, seed: int, rewind=None):
     if half < batch_size:
       raise ValueError(f"buffer half size {half} is smaller than the batch size {batch_size}")
     self.produce, self.half, self.slack, self.batch_size = produce, half, slack, batch_size
+    self.rewind, self.epoch = rewind, 0
     self.state = init_buffer(half, slack, d, seed)
 
   def next_batches(self) -> jax.Array | None:
-    """[k, batch, d] batches from one refill, or None when the producer is exhausted."""
+    """[k, batch, d] batches from one refill, or None when the producer is exhausted (and not rewound)."""
+    served = bool(self.state.primed)  # False: no refill served since this epoch began
     while True:
       while int(self.state.count) < self.half:
         item = self.produce()
         if item is None:
-          return None
+          if self.rewind is None:
+            return None
+          if not served:
+            raise UserError(f"one pass over the data fills fewer than two buffer halves of {self.half} "
+                            "activations, so it serves no batch: add data or lower trainer.buffer_half_tokens")
+          self.epoch += 1
+          print(f"the data ran out: starting epoch {self.epoch + 1} from its first row (as SAELens does)")
+          self.state = restart(self.state)
+          self.rewind()
+          served = False
+          continue
         acts, keep = item
         if acts.shape[0] > self.slack:
           raise ValueError(f"a producer chunk of {acts.shape[0]} rows exceeds the buffer slack {self.slack}")

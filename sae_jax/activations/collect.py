@@ -13,15 +13,16 @@ class ActivationSource:
   """Token rows -> activation chunks with excluded ids (BOS/EOS by default) marked for dropping.
 
   `rows` is an array-like [n_rows, context] (numpy or a memmap of the packed corpus); each call runs the
-  model on the next `batch_rows` rows. `position` (batches consumed) and `seek` let a resumed run continue.
+  model on the next `batch_rows` rows (a last partial batch is never run). `position` (batches consumed) and `seek`
+  let a resumed run continue; the shuffle buffer rewinds it to 0 to start the data again.
   """
 
   def __init__(self, model: Transformer, rows, layer: int, site: str = "resid_post", exclude_ids=(),
-               batch_rows: int = 8, mesh=None, loop: bool = False):
+               batch_rows: int = 8, mesh=None):
     if len(rows) < batch_rows:
       raise UserError(f"the token corpus has {len(rows)} rows, fewer than one batch of {batch_rows}")
     self.site_fn = make_site_fn(model, layer, site, mesh)
-    self.rows, self.batch_rows, self.loop = rows, batch_rows, loop
+    self.rows, self.batch_rows = rows, batch_rows
     self.exclude_ids = np.asarray(sorted(set(exclude_ids)), np.int64)
     self.mesh = mesh
     self.position = 0
@@ -33,7 +34,7 @@ class ActivationSource:
 
   def __call__(self):
     """(activations [B*T, d] on device, keep mask [B*T] on host) of the next token batch, or None."""
-    index = self.position % self.batches_per_epoch if self.loop else self.position
+    index = self.position
     if index >= self.batches_per_epoch:
       return None
     tokens = np.asarray(self.rows[index * self.batch_rows:(index + 1) * self.batch_rows])

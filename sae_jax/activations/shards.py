@@ -30,7 +30,7 @@ class ActivationsConfig:
   """Where training reads activations (config section `activations`)."""
 
   cache_dir: str = ""  # shards of collect_activations.py (local or fsspec URL) instead of running the model
-  loop: bool = False  # repeat the data when it runs out
+  loop: bool = False  # when the data runs out, start it again as SAELens does (else a run must fit in one pass)
 
 
 def read_manifest(path: str) -> dict:
@@ -172,24 +172,24 @@ class ShardWriter:
 class ShardReader:
   """Yields (activations [n, d], keep [n]) per shard, in order, checking each shard against the manifest."""
 
-  def __init__(self, path: str, d: int | None = None, start_shard: int = 0, loop: bool = False):
+  def __init__(self, path: str, d: int | None = None, start_shard: int = 0):
     self.path, self.manifest = path, read_manifest(path)
     self.fs, self.root = sio.filesystem(path)
     if d is not None and self.manifest["d"] != d:
       raise UserError(f"activation cache {path} has width {self.manifest['d']}, the SAE expects d_in {d}")
     if not self.manifest["shards"]:
       raise UserError(f"activation cache {path} has no complete shard")
-    self.position, self.loop = start_shard, loop
+    self.position = start_shard
 
   def seek(self, position: int) -> None:
-    """`position` counts shards read (across epochs when looping)."""
+    """`position` counts shards read (0: the first again)."""
     self.position = position
 
   def __call__(self):
     shards = self.manifest["shards"]
-    if self.position >= len(shards) and not self.loop:
+    if self.position >= len(shards):
       return None
-    info = shards[self.position % len(shards)]
+    info = shards[self.position]
     file = sio.join(self.root, info["file"])
     try:
       data = self.fs.cat_file(file)

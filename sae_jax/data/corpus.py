@@ -23,6 +23,8 @@ class CorpusConfig:
   tokenizer: str = ""  # dir or hub id; "": the model's
   context_size: int = 1024
   mode: str = "reference"  # TransformerLens' 20-chunk BOS quirk; "clean" joins documents with EOS
+  num_proc: int = paper.TRAINING_NUM_PROC  # reference mode: `datasets.map` processes (TL's 1000-doc batches
+  #   restart at each process's shard; computed in one process here)
   add_bos: bool = False
   num_rows: int = paper.TRAINING_ROWS  # 0: every row
   store_batch_rows: int = 8  # rows per model call (SAELens' store_batch_size_prompts)
@@ -35,7 +37,7 @@ class CorpusConfig:
       raise UserError("data.sources is empty: give at least one text source")
     if self.mode not in MODES:
       raise UserError(f"data.mode must be one of {list(MODES)}, got {self.mode!r}")
-    for name in ("context_size", "store_batch_rows"):
+    for name in ("context_size", "store_batch_rows", "num_proc"):
       if getattr(self, name) <= 0:
         raise UserError(f"data.{name} must be positive, got {getattr(self, name)}")
     if self.num_rows < 0:
@@ -48,9 +50,10 @@ class CorpusConfig:
       if self.add_bos or len(self.sources) != 1:
         raise UserError("data.shuffle_seed (the extraction set's row shuffle) takes one source and add_bos=False")
       return extraction_rows(list(self.sources), tokenizer, self.context_size, self.mode, self.num_rows,
-                             self.shuffle_seed)
+                             self.shuffle_seed, self.num_proc)
     rows = build_rows(list(self.sources), tokenizer, context_size=self.context_size, mode=self.mode,
-                      add_bos=self.add_bos, num_rows=self.num_rows or None, seed=self.seed)
+                      add_bos=self.add_bos, num_rows=self.num_rows or None, seed=self.seed,
+                      num_proc=self.num_proc)
     if len(rows) == 0:
       raise UserError(f"the corpus {list(self.sources)} gave no rows of {self.context_size} tokens")
     return rows

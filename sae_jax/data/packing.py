@@ -3,12 +3,15 @@
 * `reference`: TransformerLens `tokenize_and_concatenate` as the paper ran it (sae_jax/paper.md, "Packing"):
   per map batch of 1000 docs, join with the EOS *string*, cut the string into 20 equal character chunks,
   tokenize each chunk with the tokenizer's special tokens (so each chunk opens with BOS on Llama-3),
-  drop pad ids, reshape, drop the batch's remainder. `datasets.map(num_proc=10)` first cuts the dataset
-  into 10 contiguous shards and batches inside each shard, so batch boundaries depend on num_proc;
-  we reproduce that. Use it to match the released SAE's training data bit for bit.
+  drop pad ids, reshape, drop the batch's remainder. `datasets.map(num_proc=n)` first cuts the dataset
+  into n contiguous shards and batches inside each shard, so batch boundaries depend on num_proc (the
+  training prepare scripts ran TL's default 10, the extraction scripts 4); we compute the same boundaries in
+  one process. Use it to match the released SAE's training data bit for bit.
 * `clean`: each document tokenized without special tokens, documents joined by one EOS id, rows cut
   from the one stream (an optional BOS opens each row); only the stream's tail is lost. No mid-word
   splits, no stray BOS.
+
+A tokenized source (a `tokens` column, see `sources`) is not packed: its rows are cut to `context_size`.
 
 Rows come out as int32 numpy arrays, one at a time (`iter_rows`, `token_rows`), in batches
 (`batch_rows`), or all at once (`pack_rows`, `build_rows`). Everything is deterministic.
@@ -204,6 +207,24 @@ def iter_clean_blocks(docs, tokenizer, context_size: int = 1024, add_bos: bool =
 
 
 # ---------------------------------------------------------------------------------------------------------
+# tokenized sources
+
+
+def iter_token_blocks(ds, context_size: int = 1024, batch_size: int = 1000) -> Iterator[np.ndarray]:
+  """The `tokens` rows of a Dataset, each cut to its first `context_size` ids, as SAELens reads a pretokenized
+  dataset; a shorter row is an error (SAELens refuses such a dataset too)."""
+  ds = ds.select_columns(["tokens"]).with_format("numpy")
+  for start in range(0, len(ds), batch_size):
+    batch = ds[start:start + batch_size]["tokens"]
+    rows = [np.asarray(r) for r in batch] if batch.dtype == object else np.asarray(batch)
+    short = [i for i, r in enumerate(rows) if len(r) < context_size]
+    if short:
+      raise UserError(f"tokenized row {start + short[0]} has {len(rows[short[0]])} ids, fewer than "
+                      f"data.context_size={context_size}")
+    yield np.stack([r[:context_size] for r in rows]).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Rows
 
 
@@ -212,13 +233,18 @@ def iter_rows(docs, tokenizer, context_size: int = 1024, mode: str = "clean", ad
   """Rows [context_size] int32 of one corpus (Dataset with `text`, list of str, or iterable of str).
 
   mode "reference" uses `add_bos` as TL's add_bos_token (the paper: False) and `num_proc`/`short_batch`;
-  mode "clean" ignores them. Raises UserError at the end if the corpus gave no full row.
+  mode "clean" ignores them. A Dataset with a `tokens` column is read as rows (`iter_token_blocks`).
+  Raises UserError at the end if the corpus gave no full row.
   """
   if mode not in MODES:
     raise UserError(f"unknown packing mode {mode!r}: expected one of {MODES}")
   if context_size < 2:
     raise UserError(f"context_size must be at least 2, got {context_size}")
-  if mode == "reference":
+  if hasattr(docs, "column_names") and "tokens" in docs.column_names:
+    if add_bos:
+      raise UserError("add_bos applies to packing text; a tokenized source's rows are used as they are")
+    blocks = iter_token_blocks(docs, context_size, batch_size)
+  elif mode == "reference":
     blocks = iter_reference_blocks(docs, tokenizer, context_size, add_bos, batch_size, num_proc, short_batch)
   else:
     blocks = iter_clean_blocks(docs, tokenizer, context_size, add_bos, batch_size)
@@ -323,7 +349,7 @@ def _stack(rows: Iterable[np.ndarray], context_size: int) -> np.ndarray:
 
 
 def extraction_rows(sources, tokenizer, context_size: int = 1024, mode: str = "reference", n_rows: int = 0,
-                    shuffle_seed: int = 42) -> np.ndarray:
+                    shuffle_seed: int = 42, num_proc: int = 4) -> np.ndarray:
   """The reference's extraction rows: packed, shuffled like `datasets.Dataset.shuffle(seed)`, first `n_rows`.
 
   `shuffle_seed < 0` keeps corpus order (the dashboards read the first rows unshuffled); `n_rows=0` keeps all.
@@ -332,7 +358,8 @@ def extraction_rows(sources, tokenizer, context_size: int = 1024, mode: str = "r
   if n_rows < 0:
     raise UserError(f"n_rows must be >= 0, got {n_rows}")
   unshuffled_head = n_rows if shuffle_seed < 0 and n_rows else None  # no shuffle: pack only what is used
-  rows = build_rows(list(sources), tokenizer, context_size=context_size, mode=mode, num_rows=unshuffled_head)
+  rows = build_rows(list(sources), tokenizer, context_size=context_size, mode=mode, num_rows=unshuffled_head,
+                    num_proc=num_proc)
   if len(rows) == 0:
     raise UserError(f"the corpus {list(sources)} gave no rows of {context_size} tokens")
   if shuffle_seed >= 0:

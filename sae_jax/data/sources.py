@@ -1,11 +1,14 @@
 """Where the text comes from: hub ids, `save_to_disk` dirs, jsonl/json/parquet files (local or gs://).
 
-Every source ends as a `datasets.Dataset` with one `text` column, so packing never cares where text came
-from. A source is a `SourceSpec`, or a string `PATH` / `PATH#key=value,key=value` (flag friendly):
+Every source ends as a `datasets.Dataset` with one column: `text`, so packing never cares where text came
+from, or `tokens` for an already tokenized dataset (a column of id sequences, as TransformerLens'
+`tokenize_and_concatenate`, SAELens' pretokenize runner and the paper's released training set write it), whose
+rows are used as they are. A source is a `SourceSpec`, or a string `PATH` / `PATH#key=value,key=value`:
 
   data/*.jsonl#column=content,weight=2      gs://bucket/lmsys/*.parquet#builder=lmsys
   open-thoughts/OpenThoughts-114k#config=metadata,builder=openthoughts
   demo#n=2000                               (the offline demo corpus; needs the model's tokenizer)
+  /data/lmsys-openthoughts-tokenized        (a `tokens` column: rows of ids, no packing)
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from sae_jax.data.demo import demo_corpus
 from sae_jax.errors import UserError
 
 BUILDERS = ("lmsys", "openthoughts", "openthoughts_subset")
+TOKEN_COLUMNS = ("tokens", "input_ids")  # read when there is no `text` column, as SAELens does
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _AUTO = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-  """One text source. `builder` turns raw rows into `text` (sae_jax/paper.md, "Text templates"); else `column` is read.
+  """One source. `builder` turns raw rows into `text` (sae_jax/paper.md, "Text templates"); else `column` is read:
+  text, or ids (a column of integer sequences, e.g. `tokens`: a tokenized source, its rows used as they are).
 
   shuffle_seed: "auto" = the reference's `.shuffle(seed=42)` for the lmsys/openthoughts builders and no
   shuffle otherwise; an int shuffles documents with that seed; None keeps file order.
@@ -36,7 +41,7 @@ class SourceSpec:
   """
 
   path: str
-  column: str = "text"
+  column: str = "text"  # without a `text` column, `tokens` or `input_ids` is read if there
   builder: str | None = None
   split: str = "train"
   config: str | None = None  # HF config name (OpenThoughts: "metadata")
@@ -95,7 +100,8 @@ def as_spec(source) -> SourceSpec:
 
 
 def load_text_source(spec, tokenizer=None, cache_dir: str | None = None):
-  """A source -> `datasets.Dataset` with a single string column `text` (never empty).
+  """A source -> `datasets.Dataset` with a single column (never empty): `text` (strings), or `tokens` (id
+  sequences) for a tokenized source.
 
   tokenizer: only for the `demo` source (its chat template renders the problems).
   cache_dir: where `datasets` caches converted json/parquet files (default: its own cache).
@@ -121,7 +127,7 @@ def load_text_source(spec, tokenizer=None, cache_dir: str | None = None):
 
 
 def _to_text(ds, spec: SourceSpec):
-  """Apply the builder (or pick the column); leave exactly one column, `text`."""
+  """Apply the builder (or pick the column); leave exactly one column, `text` or `tokens`."""
   seed = spec.shuffle_seed
   if spec.builder == "lmsys":
     ds = T.lmsys_corpus(ds, shuffle_seed=42 if seed == _AUTO else seed)
@@ -132,17 +138,35 @@ def _to_text(ds, spec: SourceSpec):
     if seed not in (_AUTO, None):
       ds = ds.shuffle(seed=seed)
   else:
-    if spec.column not in ds.column_names:
-      raise UserError(f"source {spec.path!r} has no column {spec.column!r}; its columns are {ds.column_names}"
-                      " (set column=..., or builder=lmsys/openthoughts)")
-    feature = ds.features[spec.column]
-    if getattr(feature, "dtype", None) not in ("string", "large_string"):
-      raise UserError(f"source {spec.path!r}: column {spec.column!r} holds {feature}, not text")
-    if spec.column != "text":
-      ds = ds.select_columns([spec.column]).rename_column(spec.column, "text")
+    column = _column(ds, spec)
+    feature = ds.features[column]
+    kind = "tokens" if _is_ids(feature) else "text"
+    if kind == "text" and getattr(feature, "dtype", None) not in ("string", "large_string"):
+      raise UserError(f"source {spec.path!r}: column {column!r} holds {feature}, neither text nor token ids")
+    ds = ds.select_columns([column])
+    if column != kind:
+      ds = ds.rename_column(column, kind)
     if seed not in (_AUTO, None):
       ds = ds.shuffle(seed=seed)
+    return ds
   return ds.select_columns(["text"])
+
+
+def _column(ds, spec: SourceSpec) -> str:
+  """`column`, or (left at `text` where there is none) the first of TOKEN_COLUMNS the dataset has."""
+  if spec.column in ds.column_names:
+    return spec.column
+  found = [c for c in TOKEN_COLUMNS if c in ds.column_names] if spec.column == "text" else []
+  if found:
+    return found[0]
+  raise UserError(f"source {spec.path!r} has no column {spec.column!r}; its columns are {ds.column_names}"
+                  " (set column=..., or builder=lmsys/openthoughts)")
+
+
+def _is_ids(feature) -> bool:
+  """A column of integer sequences (datasets' Sequence, List or LargeList of an int dtype)."""
+  inner = getattr(feature, "feature", None)
+  return inner is not None and str(getattr(inner, "dtype", "")).startswith(("int", "uint"))
 
 
 def _read_raw(spec: SourceSpec, cache_dir: str | None):

@@ -1,4 +1,5 @@
-"""The SAE spliced into the model: next-token CE and KL with the reconstruction vs clean vs zero-ablation.
+"""The SAE spliced into the model: next-token CE and KL with the reconstruction vs clean vs zero-ablation, and
+the reconstruction itself (explained variance, L0) on the same tokens.
 
 CE-loss-recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean), as SAELens' `run_evals` reports it: 1 means
 the reconstruction loses nothing the model uses downstream, 0 means it is as bad as deleting the site.
@@ -11,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sae_jax.models.inference import forward_logits
+from sae_jax.models.inference import forward_logits, make_site_fn
 from sae_jax.models.transformer import Hooks, Transformer
+from sae_jax.sae import base
 from sae_jax.sae.core import SAE
 
 
@@ -77,3 +79,21 @@ def splice_metrics(model: Transformer, sae: SAE, token_batches, exclude_ids=()) 
           "kl_with_sae": kl_sae, "kl_zero_ablation": kl_zero,
           "ce_loss_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
           "tokens": int(totals[5])}
+
+
+def reconstruction_eval(model: Transformer, sae: SAE, token_batches, exclude_ids=()) -> dict:
+  """Explained variance, L0 and MSE (raw units) of `sae` on the activations of `token_batches` at its hook, excluded
+  ids (BOS/EOS) dropped: the trainer's per-batch definitions (`base.reconstruction_metrics`), averaged over the
+  batches weighted by their tokens. On rows the SAE never trained on, this is its held-out reconstruction."""
+  site_fn = make_site_fn(model, sae.cfg.hook_layer, sae.cfg.hook_site)
+  exclude = np.asarray(list(exclude_ids), np.int64)
+  sums, count = {"explained_variance": 0.0, "l0": 0.0, "mse_loss": 0.0}, 0
+  for tokens in token_batches:
+    tokens = np.asarray(tokens)
+    x = jnp.asarray(np.asarray(site_fn(tokens))[~np.isin(tokens, exclude)])
+    f = sae.encode(x)
+    m = base.reconstruction_metrics(x, sae.decode(f), base.fire_count(f))
+    for k in sums:
+      sums[k] += float(m[k]) * len(x)
+    count += len(x)
+  return {**{k: v / max(count, 1) for k, v in sums.items()}, "tokens": count}

@@ -83,12 +83,15 @@ class BatchStream:
   """Training batches from a chunk producer through the shuffle buffer, with a checkpointable position.
 
   `producer()` returns (acts [n, d], keep [n]) or None; `producer.position` counts chunks consumed and
-  `producer.seek(position)` restores it (re-reading the token rows without running the model is cheap).
+  `producer.seek(position)` restores it (re-reading the token rows without running the model is cheap). `loop`:
+  start the producer again at its end, as SAELens does (`ShuffleBuffer`).
   """
 
-  def __init__(self, producer, d: int, batch_size: int, half: int, slack: int, seed: int, sharding=None):
+  def __init__(self, producer, d: int, batch_size: int, half: int, slack: int, seed: int, sharding=None,
+               loop: bool = False):
     self.producer, self.batch_size, self.sharding, self.half = producer, batch_size, sharding, half
-    self.buffer = ShuffleBuffer(self._produce, half=half, slack=slack, d=d, batch_size=batch_size, seed=seed)
+    self.buffer = ShuffleBuffer(self._produce, half=half, slack=slack, d=d, batch_size=batch_size, seed=seed,
+                                rewind=(lambda: producer.seek(0)) if loop else None)
     self.batches, self.cursor = None, 0
     self.empty = jnp.zeros((half // batch_size, batch_size, d), jnp.float32)  # fixed shape for checkpoints
     self.stop = None  # a StopSignals: a requested stop raises Interrupted between two chunks of a fill
@@ -113,7 +116,8 @@ class BatchStream:
         self.batches, self.cursor = self.buffer.next_batches(), 0
       self.fill = None
       if self.batches is None:
-        raise UserError("the activation stream ran out before training finished: add data or lower n_steps")
+        raise UserError("the activation stream ran out before training finished: add data, lower n_steps, or "
+                        "set activations.loop=true")
     batch = self.batches[self.cursor]
     self.cursor += 1
     return batch if self.sharding is None else jax.device_put(batch, self.sharding)
@@ -124,13 +128,14 @@ class BatchStream:
 
   def meta(self) -> dict:
     return {"cursor": self.cursor, "has_batches": self.batches is not None,
-            "producer_position": int(self.producer.position)}
+            "producer_position": int(self.producer.position), "epoch": self.buffer.epoch}
 
   def restore(self, state: dict, meta: dict) -> None:
     self.buffer.state = BufferState(**state["buffer"]) if isinstance(state["buffer"], dict) else state["buffer"]
     self.batches = state["batches"] if meta["has_batches"] else None
     self.cursor = meta["cursor"]
     self.producer.seek(meta["producer_position"])
+    self.buffer.epoch = meta.get("epoch", 0)
 
 
 def param_shardings(cfg: SAEConfig, mesh) -> dict:
