@@ -144,7 +144,7 @@ def test_root_gives_each_stage_its_paths(tmp_path):
   proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "reason_score.py"), f"--root={tmp_path}",
                          "--verbosity=-1"], capture_output=True, text=True, env=env, timeout=120)
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/sae/sae/cfg.json not found")
+  assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --sae '{tmp_path}/sae/sae': no such SAE dir")
   assert os.listdir(tmp_path) == []  # nothing written
 
 
