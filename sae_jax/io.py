@@ -5,6 +5,9 @@ Paths with a protocol (`gs://...`, any fsspec URL) are uploaded in one `open(...
 publish only when the upload completes. A directory is filled in a local temp dir first, then swapped in
 (local) or uploaded file by file (URLs: each file complete; the marker file last). A directory replaces only an
 empty one or an earlier output of the same kind (its marker file): no command deletes what it did not make.
+
+In a pod (`sae_jax.pod`) every file has one writer: process 0, unless the caller says the file is this
+process's own (`own=True`, e.g. the activation shards it holds); any other write is an error, not a race.
 """
 
 import contextlib
@@ -17,6 +20,7 @@ import tempfile
 import uuid
 from typing import Callable, Iterator
 
+from sae_jax import pod
 from sae_jax.errors import UserError
 
 
@@ -57,9 +61,20 @@ def is_local(fs) -> bool:
   return "file" in protocols or "local" in protocols
 
 
-def write_bytes(path: str, data: bytes, fs=None) -> str:
-  """`data` at `path` (local or URL; or a path inside the fsspec filesystem `fs`), complete or absent."""
+def check_writer(path: str, own: bool = False) -> None:
+  """Refuses a write of a shared file (not `own`) from any process but 0; logs the write (`pod.log_write`)."""
+  if not own and not pod.is_writer():
+    raise RuntimeError(f"process {pod.index()} tried to write {path}: only process 0 writes shared files")
+  pod.log_write(path)
+
+
+def write_bytes(path: str, data: bytes, fs=None, own: bool = False) -> str:
+  """`data` at `path` (local or URL; or a path inside the fsspec filesystem `fs`), complete or absent.
+
+  `own`: the file is this process's own in a pod (see the module doc); otherwise only process 0 may write it.
+  """
   path = str(path)
+  check_writer(path, own)
   if fs is None and is_url(path):
     fs, path = filesystem(path)
   if fs is not None and not is_local(fs):
@@ -207,6 +222,7 @@ def replaced_dir(out_dir: str, kind: str, check: bool = True) -> Iterator[str]:
   old output is swapped out, then deleted: a kill at any moment leaves the old or the new output whole, and the
   next replace cleans the temp dirs. On an error the temp dir is removed and `out_dir` is left as it was.
   """
+  check_writer(out_dir)
   if check:
     check_replaceable(out_dir, kind)
   marker = json.dumps({"kind": kind}) + "\n"

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sae_jax import io as sio
+from sae_jax import pod
 from sae_jax.activations.buffer import BufferState, ShuffleBuffer
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
@@ -74,9 +75,11 @@ class BatchStream:
 
   def __init__(self, producer, d: int, batch_size: int, half: int, slack: int, seed: int, sharding=None):
     self.producer, self.batch_size, self.sharding = producer, batch_size, sharding
-    self.buffer = ShuffleBuffer(producer, half=half, slack=slack, d=d, batch_size=batch_size, seed=seed)
+    mesh = None if sharding is None else sharding.mesh  # the buffer lives on the mesh: one global buffer in a pod
+    self.buffer = ShuffleBuffer(producer, half=half, slack=slack, d=d, batch_size=batch_size, seed=seed, mesh=mesh)
     self.batches, self.cursor = None, 0
-    self.empty = jnp.zeros((half // batch_size, batch_size, d), jnp.float32)  # fixed shape for checkpoints
+    empty = np.zeros((half // batch_size, batch_size, d), np.float32)  # fixed shape for checkpoints
+    self.empty = jnp.asarray(empty) if mesh is None else jax.device_put(empty, NamedSharding(mesh, PartitionSpec()))
 
   def next(self) -> jax.Array:
     if self.batches is None or self.cursor >= self.batches.shape[0]:
@@ -180,6 +183,9 @@ class MetricsLog:
   """
 
   def __init__(self, out_dir: str, start: int):
+    self.jsonl = self.tb = None
+    if not pod.is_writer():  # process 0 logs for the pod
+      return
     path = os.path.join(out_dir, "metrics.jsonl")
     if os.path.exists(path):
       with open(path) as f:
@@ -192,6 +198,8 @@ class MetricsLog:
       self.tb = None
 
   def write(self, step: int, scalars: dict, density: np.ndarray | None = None) -> None:
+    if self.jsonl is None:
+      return
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self.jsonl.flush()
     if self.tb is not None:
@@ -201,7 +209,8 @@ class MetricsLog:
         self.tb.add_histogram("feature_density_log10", np.log10(density + 1e-10), step)
 
   def close(self):
-    self.jsonl.close()
+    if self.jsonl is not None:
+      self.jsonl.close()
     if self.tb is not None:
       self.tb.close()
 
@@ -275,7 +284,7 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
 
   with jax.default_matmul_precision(opts.matmul_precision):
     params, opt_state = init_state_fn(cfg, mesh)(jax.random.PRNGKey(cfg.seed))
-    fire_steps = jax.device_put(jnp.zeros((cfg.d_sae,), jnp.int32), param_shardings(cfg, mesh)["b_enc"])
+    fire_steps = jax.device_put(np.zeros((cfg.d_sae,), np.int32), param_shardings(cfg, mesh)["b_enc"])
     start = manager.latest_step()
     if start is not None:
       _check_resume(_saved_meta(manager, start).get("run", {}), cfg, opts, start)
@@ -291,7 +300,7 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
     else:
       start = 0
       s = _estimate_scale(cfg, stream)
-    s32 = jnp.float32(s)
+    s32 = np.float32(s)  # host scalars (not one process's device arrays) beside the global ones
 
     def good_checkpoint() -> str:
       step = manager.latest_step()
@@ -318,7 +327,7 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
     try:
       for step in range(start, cfg.n_steps):
         x = stream.next()
-        params, opt_state, metrics, fire_steps = jit_step(params, opt_state, jnp.int32(step), x, s32,
+        params, opt_state, metrics, fire_steps = jit_step(params, opt_state, np.int32(step), x, s32,
                                                           fire_steps)
         window.append(metrics)
         done = step + 1
@@ -342,7 +351,9 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
       stop.close()
 
     sae = SAE(params, cfg, "scaled", s).raw().numpy()
-  sae_dir = save_saelens(os.path.join(opts.out_dir, "sae"), sae)
+  sae_dir = os.path.join(opts.out_dir, "sae")
+  if pod.is_writer():
+    sae_dir = save_saelens(sae_dir, sae)
   manager.close()
   result = {"steps": cfg.n_steps, "norm_scaling_factor": s, "seconds": round(time.time() - t0, 1),
             "tokens_per_second": round((cfg.n_steps - start) * cfg.batch_size / max(time.time() - t0, 1e-9)),
@@ -360,7 +371,7 @@ def _estimate_scale(cfg: SAEConfig, stream: BatchStream) -> float:
 def _log_window(window, step, fire_steps, opts, log, batch_size, good_checkpoint) -> dict:
   """Averages the window's metrics on the host; stops the run on non-finite activations or loss (before the
   next checkpoint, so the last one stays good)."""
-  host = jax.device_get(window)
+  host = pod.to_host(window)
   for at, m in enumerate(host, step + 2 - len(host)):  # steps count from 1, as in metrics.jsonl and checkpoints
     if m["nonfinite"] > 0:
       raise UserError(f"non-finite activations at step {at}: "
@@ -372,7 +383,7 @@ def _log_window(window, step, fire_steps, opts, log, batch_size, good_checkpoint
   fired = np.sum([m["fired"] for m in host], axis=0)
   density = fired / (len(host) * batch_size)
   scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("fired", "nonfinite")}
-  fire_steps = np.asarray(fire_steps)
+  fire_steps = pod.to_host(fire_steps)
   scalars["dead_fraction"] = float(np.mean(fire_steps >= opts.dead_window))
   scalars["dense_fraction"] = float(np.mean(density > opts.dense_threshold))
   scalars["fvu"] = 1.0 - scalars["explained_variance"]
