@@ -11,13 +11,14 @@ is the short form.
 """
 
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 
 from absl import app, flags
 
@@ -57,12 +58,16 @@ def run_pod(cmd: list[str], n: int, devices: int, log_dir: str, port: int = 0) -
     logs.append(log)
     with open(os.path.join(log_dir, f"proc_{k}.pid"), "w") as f:
       f.write(f"{procs[-1].pid}\n")
+  exits = queue.Queue()  # processes in the order they end: the first failure is the cause, not its echoes
+  for k, p in enumerate(procs):
+    threading.Thread(target=lambda k=k, p=p: exits.put((k, p.wait())), daemon=True).start()
   first = None  # (process, exit code) of the first failure
   try:
-    while first is None and any(p.poll() is None for p in procs):
-      first = next(((k, p.returncode) for k, p in enumerate(procs) if p.returncode not in (None, 0)), None)
-      time.sleep(0.1)
-    first = first or next(((k, p.returncode) for k, p in enumerate(procs) if p.returncode), None)
+    for _ in procs:
+      k, code = exits.get()
+      if code:
+        first = (k, code)
+        break
   finally:
     for p in procs:  # our own children, by pid: a failed process leaves the others waiting in a collective
       if p.poll() is None:

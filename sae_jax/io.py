@@ -20,6 +20,8 @@ import tempfile
 import uuid
 from typing import Callable, Iterator
 
+import numpy as np
+
 from sae_jax import pod
 from sae_jax.errors import UserError
 
@@ -251,10 +253,38 @@ def replaced_dir(out_dir: str, kind: str, check: bool = True) -> Iterator[str]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def pod_replaced_dir(out_dir: str, kind: str) -> Iterator[str]:
+  """`replaced_dir` that every process of a pod enters, to fill one temp dir together (an Orbax multi-host save
+  into it): process 0 makes it, names it to the others and swaps it in once all are done. Local paths shared
+  by the processes only (one machine, or a shared mount)."""
+  if pod.count() == 1:
+    with replaced_dir(out_dir, kind) as tmp:
+      yield tmp
+    return
+  if is_url(out_dir):
+    raise UserError(f"{out_dir}: a pod fills an output dir together on a shared local path, not a URL")
+  out_dir = os.path.abspath(out_dir)
+  prefix = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.tmp-")
+  if pod.is_writer():
+    with replaced_dir(out_dir, kind) as tmp:
+      pod.broadcast(np.frombuffer(tmp[len(prefix):].encode(), np.uint8))
+      yield tmp
+      pod.barrier(f"{out_dir} filled")
+  else:
+    tmp = prefix + bytes(np.asarray(pod.broadcast(np.zeros(_TOKEN, np.uint8)), np.uint8)).decode()
+    yield tmp
+    pod.barrier(f"{out_dir} filled")
+  pod.barrier(f"{out_dir} swapped in")
+
+
+_TOKEN = 12  # hex digits of a temp dir's random suffix
+
+
 def _new_dir(out_dir: str, role: str) -> str:
   """A new `.<name>.<role>-<random>` dir beside `out_dir`, with the umask's mode (mkdtemp's 0700 would make
   every output private)."""
-  path = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.{role}-{uuid.uuid4().hex[:12]}")
+  path = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.{role}-{uuid.uuid4().hex[:_TOKEN]}")
   os.mkdir(path)
   return path
 

@@ -2,7 +2,7 @@
 
   python tests/pod_stages.py WORK MODEL_DIR STAGE...   (under launch/local_pod.py for a pod)
 
-Stages, each into WORK/<stage>: collect, train_cache (from WORK/collect), train_fly (the model on the fly),
+Stages, each into WORK/<stage>: convert (MODEL_DIR to the checkpoint the later stages read), collect, train_cache (from WORK/collect), train_fly (the model on the fly),
 reason_score (of WORK/train_cache/sae), dashboard, diff (model vs itself), evaluate (steered by that SAE).
 Every process runs every stage (SPMD) and waits for the others after each. A small config of a tiny model,
 its numbers chosen to split over 8 devices.
@@ -71,7 +71,11 @@ def main(work: str, model: str, stages: list[str]) -> None:
   sae = os.path.join(out("train_cache"), "sae")
   for stage in stages:
     start = time.time()
-    if stage == "collect":
+    if stage == "convert":  # the later stages read the converted checkpoint
+      import numpy as np
+      from sae_jax.models import checkpoint
+      model = checkpoint.convert(model, out(stage), np.float32)
+    elif stage == "collect":
       runs.collect(config(model), out(stage), shard_tokens=96)
     elif stage == "train_cache":
       runs.train(config(model, activations={"cache_dir": out("collect")}, trainer={"out_dir": out(stage)}))
