@@ -84,6 +84,33 @@ def broadcast(value):
   return multihost_utils.broadcast_one_to_all(np.asarray(value))
 
 
+def shared_map(fn, items, timeout_s: int = 3600):
+  """`fn(item)` (a numpy array) for each of `items`, in order, on every process; in a pod each process computes
+  only items i = its index (mod the process count) and the results travel through JAX's distributed key-value
+  store (e.g. tokenizing a corpus: each process tokenizes its share of the document batches)."""
+  n = count()
+  if n == 1:
+    yield from (fn(item) for item in items)
+    return
+  import io
+
+  from jax._src import distributed
+  client = distributed.global_state.client
+  _state["maps"] = _state.get("maps", 0) + 1
+  prefix, me, mine = f"sae_jax/shared_map/{_state['maps']}/", index(), []
+  for i, item in enumerate(items):
+    key = f"{prefix}{i}"
+    if i % n == me:
+      buf = io.BytesIO()
+      np.save(buf, np.asarray(fn(item)), allow_pickle=False)
+      client.key_value_set_bytes(key, buf.getvalue())
+      mine.append(key)
+    yield np.load(io.BytesIO(client.blocking_key_value_get_bytes(key, timeout_s * 1000)), allow_pickle=False)
+  barrier(prefix)  # every process has read every result: free the store
+  for key in mine:
+    client.key_value_delete(key)
+
+
 def to_host(tree):
   """Numpy copies of every array of `tree`, whole on every process (gathered when other processes hold parts)."""
   import jax

@@ -80,7 +80,7 @@ def main(work: str, model: str, stages: list[str]) -> None:
     elif stage == "train_cache":
       runs.train(config(model, activations={"cache_dir": out("collect")}, trainer={"out_dir": out(stage)}))
     elif stage == "train_fly":
-      runs.train(config(model, trainer={"out_dir": out(stage)}))
+      runs.train(config(model, trainer={"out_dir": out(stage)}, eval={"batches": 0}))  # train_cache splices
     elif stage == "reason_score":
       runs.reason_score(config(model, data={"num_rows": 32}), sae, out(stage))
     elif stage == "dashboard":
