@@ -84,6 +84,14 @@ def broadcast(value):
   return multihost_utils.broadcast_one_to_all(np.asarray(value))
 
 
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is true on any (e.g. a SIGTERM one process got)."""
+  if count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([bool(flag)]))))
+
+
 def shared_map(fn, items, timeout_s: int = 3600):
   """`fn(item)` (a numpy array) for each of `items`, in order, on every process; in a pod each process computes
   only items i = its index (mod the process count) and the results travel through JAX's distributed key-value

@@ -91,9 +91,12 @@ def test_sae_weights_equal_to_float32_rounding(runs, stage):
   one = load_file(str(runs["one"] / stage / "sae" / "sae_weights.safetensors"))
   two = load_file(str(runs["two"] / stage / "sae" / "sae_weights.safetensors"))
   assert one.keys() == two.keys()
-  for name in one:
+  for name in one:  # as the fixtures judge N steps (tests/fixtures/README.md, C3): Adam's division by a tiny
+    # second moment can magnify a rounding difference in a stray element, never in a tensor
     scale = float(np.abs(one[name]).max())
-    np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+    close = np.isclose(two[name], one[name], rtol=1e-4, atol=1e-5 * scale)
+    assert close.mean() >= 0.999, (name, int((~close).sum()))
+    assert np.linalg.norm(two[name] - one[name]) <= 1e-5 * np.linalg.norm(one[name]), name
   result = json.load(open(runs["two"] / stage / "result.json"))
   assert result["steps"] == 24 and "splice_eval" in result
 
@@ -129,3 +132,23 @@ def test_each_file_has_one_writer(runs):
                  "reason_score/scores.npy", "reason_score/top_k.json", "evaluate/samples.jsonl",
                  "evaluate/steering.json"):
     assert os.path.join(two, shared) in logs[0], shared
+
+
+def test_only_process_0_writes_shared_files(tmp_path, monkeypatch):
+  from sae_jax import io as sio
+  from sae_jax import pod
+  monkeypatch.setattr(pod, "index", lambda: 1)
+  with pytest.raises(RuntimeError, match="process 1 tried to write .*x.json: only process 0 writes shared files"):
+    sio.write_json(str(tmp_path / "x.json"), {})
+  with pytest.raises(RuntimeError, match="only process 0"):
+    with sio.replaced_dir(str(tmp_path / "out"), "test"):
+      pass
+  sio.write_bytes(str(tmp_path / "shard.npy"), b"mine", own=True)  # a process's own file (its shard)
+  assert sorted(os.listdir(tmp_path)) == ["shard.npy"]
+
+
+def test_local_pod_without_a_command_is_one_error_line():
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "local_pod.py"), "--processes=2"],
+                        capture_output=True, text=True, env=_env(), timeout=120)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: give the script"), \
+      proc.stderr

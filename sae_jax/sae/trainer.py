@@ -162,7 +162,8 @@ def init_state_fn(cfg: SAEConfig, mesh):
 
 
 class _Stop:
-  """SIGTERM (TPU preemption) asks the loop to checkpoint and exit after the current step."""
+  """SIGTERM (TPU preemption) asks the loop to checkpoint and exit after the current step (in a pod: after the
+  next step that is a multiple of log_every, where the processes agree)."""
 
   def __init__(self):
     self.requested = False
@@ -171,6 +172,13 @@ class _Stop:
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def agreed(self, check: bool) -> bool:
+    """Whether to stop after this step. In a pod all processes must stop at the same step (the checkpoint is
+    collective), so they agree only when `check` (every log_every steps) and stop if any was asked to."""
+    if pod.count() == 1:
+      return self.requested
+    return check and pod.any_process(self.requested)
 
   def close(self):
     signal.signal(signal.SIGTERM, self.previous)
@@ -331,18 +339,19 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
                                                           fire_steps)
         window.append(metrics)
         done = step + 1
-        if done % opts.log_every == 0 or done == cfg.n_steps or stop.requested:
+        stopping = stop.agreed(done % opts.log_every == 0)
+        if done % opts.log_every == 0 or done == cfg.n_steps or stopping:
           last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size, good_checkpoint)
           window = []
           progress.set_postfix(loss=f"{last['loss']:.3g}", l0=f"{last['l0']:.1f}",
                                ev=f"{last['explained_variance']:.3f}")
         progress.update(1)
-        if stop.requested or done % opts.checkpoint_every == 0 or done == cfg.n_steps:  # the last too: a rerun
+        if stopping or done % opts.checkpoint_every == 0 or done == cfg.n_steps:  # the last too: a rerun
           if window:                                                                     # of a done run is a no-op
             last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size, good_checkpoint)
             window = []
           save(done)
-          if stop.requested:
+          if stopping:
             print(f"SIGTERM: saved step {done} to {opts.out_dir}/checkpoints; rerun the same command to resume")
             raise SystemExit(143)
     finally:
