@@ -79,7 +79,8 @@ class BatchStream:
     self.buffer = ShuffleBuffer(producer, half=half, slack=slack, d=d, batch_size=batch_size, seed=seed, mesh=mesh)
     self.batches, self.cursor = None, 0
     empty = np.zeros((half // batch_size, batch_size, d), np.float32)  # fixed shape for checkpoints
-    self.empty = jnp.asarray(empty) if mesh is None else jax.device_put(empty, NamedSharding(mesh, PartitionSpec()))
+    self.empty = jnp.asarray(empty) if mesh is None else jax.device_put(
+        empty, shd.logical_sharding((None, "batch", None), empty.shape, mesh))  # each batch split like the steps
 
   def next(self) -> jax.Array:
     if self.batches is None or self.cursor >= self.batches.shape[0]:
@@ -294,6 +295,9 @@ def train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh=None) 
     params, opt_state = init_state_fn(cfg, mesh)(jax.random.PRNGKey(cfg.seed))
     fire_steps = jax.device_put(np.zeros((cfg.d_sae,), np.int32), param_shardings(cfg, mesh)["b_enc"])
     start = manager.latest_step()
+    if pod.count() > 1:  # every process resumes from the step process 0 found
+      start = int(pod.broadcast(-1 if start is None else start))
+      start = None if start < 0 else start
     if start is not None:
       _check_resume(_saved_meta(manager, start).get("run", {}), cfg, opts, start)
       state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
