@@ -15,7 +15,7 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
-from sae_jax import runinfo, runs
+from sae_jax import pod, runinfo, runs
 from sae_jax.errors import UserError, exit_on_user_error
 
 FLAGS = flags.FLAGS
@@ -92,6 +92,7 @@ def main(sections, stage, required=("sae", "out"), out_dir=lambda c: FLAGS.out) 
   @exit_on_user_error
   def run(argv):
     del argv
+    pod.initialize()  # in a pod (sae_jax.pod's environment), before any JAX call
     c = config(sections)
     apply_root(c)
     missing = [f"--{n}" for n in required if not FLAGS[n].value]
@@ -99,9 +100,10 @@ def main(sections, stage, required=("sae", "out"), out_dir=lambda c: FLAGS.out) 
       raise UserError(f"{', '.join(missing)} required")
     summary = stage(c)
     out = out_dir(c)
-    if out:
+    if out and pod.is_writer():
       runinfo.write_run_json(out, {**runinfo.main_flags(), "config": c.to_dict()})
-    print(json.dumps(summary, default=float))
+    if pod.is_writer():
+      print(json.dumps(summary, default=float))
 
   app.run(run, flags_parser=_parse_flags)
 

@@ -5,6 +5,9 @@ Paths with a protocol (`gs://...`, any fsspec URL) are uploaded in one `open(...
 publish only when the upload completes. A directory is filled in a local temp dir first, then swapped in
 (local) or uploaded file by file (URLs: each file complete; the marker file last). A directory replaces only an
 empty one or an earlier output of the same kind (its marker file): no command deletes what it did not make.
+
+In a pod (`sae_jax.pod`) every file has one writer: process 0, unless the caller says the file is this
+process's own (`own=True`, e.g. the activation shards it holds); any other write is an error, not a race.
 """
 
 import contextlib
@@ -17,6 +20,9 @@ import tempfile
 import uuid
 from typing import Callable, Iterator
 
+import numpy as np
+
+from sae_jax import pod
 from sae_jax.errors import UserError
 
 
@@ -57,9 +63,20 @@ def is_local(fs) -> bool:
   return "file" in protocols or "local" in protocols
 
 
-def write_bytes(path: str, data: bytes, fs=None) -> str:
-  """`data` at `path` (local or URL; or a path inside the fsspec filesystem `fs`), complete or absent."""
+def check_writer(path: str, own: bool = False) -> None:
+  """Refuses a write of a shared file (not `own`) from any process but 0; logs the write (`pod.log_write`)."""
+  if not own and not pod.is_writer():
+    raise RuntimeError(f"process {pod.index()} tried to write {path}: only process 0 writes shared files")
+  pod.log_write(path)
+
+
+def write_bytes(path: str, data: bytes, fs=None, own: bool = False) -> str:
+  """`data` at `path` (local or URL; or a path inside the fsspec filesystem `fs`), complete or absent.
+
+  `own`: the file is this process's own in a pod (see the module doc); otherwise only process 0 may write it.
+  """
   path = str(path)
+  check_writer(path, own)
   if fs is None and is_url(path):
     fs, path = filesystem(path)
   if fs is not None and not is_local(fs):
@@ -207,6 +224,7 @@ def replaced_dir(out_dir: str, kind: str, check: bool = True) -> Iterator[str]:
   old output is swapped out, then deleted: a kill at any moment leaves the old or the new output whole, and the
   next replace cleans the temp dirs. On an error the temp dir is removed and `out_dir` is left as it was.
   """
+  check_writer(out_dir)
   if check:
     check_replaceable(out_dir, kind)
   marker = json.dumps({"kind": kind}) + "\n"
@@ -235,10 +253,38 @@ def replaced_dir(out_dir: str, kind: str, check: bool = True) -> Iterator[str]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def pod_replaced_dir(out_dir: str, kind: str) -> Iterator[str]:
+  """`replaced_dir` that every process of a pod enters, to fill one temp dir together (an Orbax multi-host save
+  into it): process 0 makes it, names it to the others and swaps it in once all are done. Local paths shared
+  by the processes only (one machine, or a shared mount)."""
+  if pod.count() == 1:
+    with replaced_dir(out_dir, kind) as tmp:
+      yield tmp
+    return
+  if is_url(out_dir):
+    raise UserError(f"{out_dir}: a pod fills an output dir together on a shared local path, not a URL")
+  out_dir = os.path.abspath(out_dir)
+  prefix = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.tmp-")
+  if pod.is_writer():
+    with replaced_dir(out_dir, kind) as tmp:
+      pod.broadcast(np.frombuffer(tmp[len(prefix):].encode(), np.uint8))
+      yield tmp
+      pod.barrier(f"{out_dir} filled")
+  else:
+    tmp = prefix + bytes(np.asarray(pod.broadcast(np.zeros(_TOKEN, np.uint8)), np.uint8)).decode()
+    yield tmp
+    pod.barrier(f"{out_dir} filled")
+  pod.barrier(f"{out_dir} swapped in")
+
+
+_TOKEN = 12  # hex digits of a temp dir's random suffix
+
+
 def _new_dir(out_dir: str, role: str) -> str:
   """A new `.<name>.<role>-<random>` dir beside `out_dir`, with the umask's mode (mkdtemp's 0700 would make
   every output private)."""
-  path = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.{role}-{uuid.uuid4().hex[:12]}")
+  path = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.{role}-{uuid.uuid4().hex[:_TOKEN]}")
   os.mkdir(path)
   return path
 

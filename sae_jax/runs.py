@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from sae_jax import io as sio
-from sae_jax import paper
+from sae_jax import paper, pod
 from sae_jax import runinfo
 from sae_jax.activations.buffer import batches_per_epoch
 from sae_jax.activations.collect import ActivationSource, make_site_fn
@@ -40,6 +40,7 @@ from sae_jax.features.steer_eval import EngineConfig, SteeringConfig
 from sae_jax.features.reasonscore import ReasonScores, reasonscore_corpus
 from sae_jax.features.vocab import Vocabulary, load_reason_strings
 from sae_jax.models.checkpoint import ModelSpec
+from sae_jax.models import sharding as shd
 from sae_jax.models.sharding import MeshConfig, batch_sharding, maybe_initialize_distributed
 from sae_jax.sae import SAE, SAEConfig, load_sae
 from sae_jax.sae.splice_eval import reconstruction_eval, splice_metrics
@@ -335,7 +336,10 @@ def collect(c, out: str, shard_tokens: int, max_batches: int = 0) -> dict:
           "sources": list(c.data.sources), "context_size": c.data.context_size, "mode": c.data.mode,
           "exclude_ids": list(sae_cfg.exclude_special_tokens), "tokenizer": tokenizer_path(c)}
   rows = np.asarray(source.rows[:source.batches_per_epoch * source.batch_rows])  # all the source will run
-  writer = ShardWriter(out, shard_tokens, sae_cfg.d_in, meta, rows=rows)
+  streams = shd.data_shards(source.mesh)  # one per data shard: its process writes it (ShardWriter)
+  shd.check_batch_splits(source.batch_rows, source.mesh, "a collection batch (data.store_batch_rows)")
+  writer = ShardWriter(out, shard_tokens, sae_cfg.d_in, meta, rows=rows, streams=streams,
+                       batch_rows=source.batch_rows)
   with _progress("collect", "batch") as progress:
     manifest = fill_cache(source, writer, max_batches, progress)
   return {"out": out, "shards": len(manifest["shards"]), "tokens": sum(s["tokens"] for s in manifest["shards"]),
@@ -370,8 +374,8 @@ def train(c) -> dict:
                 f"{budget['batches_per_pass']:,} batches; the run takes {budget['batches_needed']:,} "
                 f"({budget['passes']:g} passes)")
     if rows is None:
-      acts = ShardReader(c.activations.cache_dir, d=sae_cfg.d_in)
-      chunk = acts.manifest["shard_tokens"]
+      acts = ShardReader(c.activations.cache_dir, d=sae_cfg.d_in, sharding=batch_sharding(mesh))
+      chunk = acts.chunk_tokens
     else:
       acts = model_source(c, sae_cfg, mesh, rows, stop=stop, prefix="[train]")
       chunk = c.data.store_batch_rows * c.data.context_size
@@ -385,7 +389,8 @@ def train(c) -> dict:
       stop.immediate("the splice eval", f"after the export: the SAE is in {result['sae_dir']}")
       with runinfo.Phase("[train] splice eval", start=f"{ev.batches} batches"):
         result["splice_eval"] = _splice_eval(c, sae, ev, mesh, rows)
-    sio.write_json(result_path, result, default=float)
+    if pod.is_writer():
+      sio.write_json(result_path, result, default=float)
     return result
   finally:
     stop.close()
@@ -499,7 +504,8 @@ def reason_score(c, sae_dir: str, out: str, given=()) -> dict:
     scores.save(tmp)
     sio.write_json(os.path.join(tmp, "top_k.json"), top, indent=1, default=float)
 
-  sio.write_dir(out, fill, "reasonscore")  # one output, swapped in whole: never half old, half new
+  if pod.is_writer():
+    sio.write_dir(out, fill, "reasonscore")  # one output, swapped in whole: never half old, half new
   return {"out": out, "rows": int(len(rows)), "tokens": int(rows.size),
           "source": c.activations.cache_dir or c.model.path,
           "features": int(len(scores.scores)), "seconds": round(time.time() - start, 1),
@@ -539,9 +545,10 @@ def dashboard(c, sae_dir: str, out: str, scores_dir: str | None = None, features
   data = build_dashboards(stats, tokenizer, w_dec_rows=np.asarray(x.sae.raw().params["W_dec"])[features],
                           unembed=unembedding(model), scores=scores, group_names=vocab.group_names, config=view,
                           meta=meta, summary=summary)
-  if labels.url:
-    label_features(data, labels.url, labels.model, api_key=os.environ.get(labels.key_env))
-  write_dashboards(data, out)
+  if pod.is_writer():
+    if labels.url:
+      label_features(data, labels.url, labels.model, api_key=os.environ.get(labels.key_env))
+    write_dashboards(data, out)
   return {"out": out, "index": os.path.join(out, "index.html"), "rows": int(len(rows)), "tokens": int(rows.size),
           "features": len(features), "seconds": round(time.time() - start, 1),
           "max_activation": {str(f["feature"]): round(f["max_activation"], 4) for f in data["features"][:10]},
@@ -605,10 +612,11 @@ def diff_models(c, sae_dir: str, out: str, model_a: str = "", activations_a: str
     gc.collect()
 
   diff = diffing.diff_stats(stats["A"], stats["B"], ratio_eps=opts.ratio_eps, b_only_density=opts.b_only_density)
-  diff.save(out, opts.top_k, extra={
-      "models": {name.lower(): d for name, d in described.items()}, "sae": sae_dir, "layer": x.layer,
-      "site": x.site, "rows": int(len(rows)), "context_size": int(rows.shape[1]),
-      "reasonscore": stats["B"].reason.settings})
+  if pod.is_writer():
+    diff.save(out, opts.top_k, extra={
+        "models": {name.lower(): d for name, d in described.items()}, "sae": sae_dir, "layer": x.layer,
+        "site": x.site, "rows": int(len(rows)), "context_size": int(rows.shape[1]),
+        "reasonscore": stats["B"].reason.settings})
   return {"out": out, "rows": int(len(rows)), "tokens": int(rows.size), "seconds": round(time.time() - start, 1),
           "summary": diff.summary(opts.top_k),
           "top": [{k: t[k] for k in ("feature", "score_b", "score_a", "density_a", "density_b", "mean_log2_ratio",
@@ -633,7 +641,8 @@ def evaluate(c, sae_dir: str, out: str, dashboard: str = "") -> dict:
   if settings is None:
     settings = steer_eval.steering_settings(sae, model.cfg, steering, dashboard)
   summary = steer_eval.evaluate(model, c.model.path, tasks, out, sampling, engine, settings, mesh=mesh)
-  steer_eval.print_table(summary)
+  if pod.is_writer():
+    steer_eval.print_table(summary)
   table = {}
   for t in summary["tasks"]:
     for s in summary["settings"]:

@@ -14,7 +14,8 @@ from conftest import REPO
 # units of one layer do not import each other, except in the first (small utilities with no sae_jax imports of
 # their own but errors and io).
 LAYERS = (
-    ("sae_jax", "sae_jax.errors", "sae_jax.io", "sae_jax.runinfo", "sae_jax.assets", "sae_jax.paper"),
+    ("sae_jax", "sae_jax.errors", "sae_jax.io", "sae_jax.runinfo", "sae_jax.assets", "sae_jax.paper",
+     "sae_jax.pod"),
     ("sae_jax.models", "sae_jax.data"),
     ("sae_jax.activations", "sae_jax.generation", "sae_jax.steering", "sae_jax.evals"),
     ("sae_jax.sae",),

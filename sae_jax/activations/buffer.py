@@ -15,6 +15,10 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sae_jax.models import sharding as shd
 
 from sae_jax.errors import UserError
 
@@ -28,11 +32,17 @@ class BufferState:
   primed: jax.Array  # bool: `store` holds real data (the first refill only fills it)
 
 
-def init_buffer(half: int, slack: int, d: int, seed: int) -> BufferState:
-  return BufferState(store=jnp.zeros((half, d), jnp.float32),
-                     pending=jnp.zeros((half + slack, d), jnp.float32),
-                     count=jnp.zeros((), jnp.int32), key=jax.random.PRNGKey(seed),
-                     primed=jnp.zeros((), bool))
+def init_buffer(half: int, slack: int, d: int, seed: int, mesh=None) -> BufferState:
+  """The empty buffer; with a `mesh`, its rows split over the data axes (where they divide) and the scalars
+  replicated, so every process of a pod holds its part of one global buffer."""
+  state = BufferState(store=np.zeros((half, d), np.float32), pending=np.zeros((half + slack, d), np.float32),
+                      count=np.zeros((), np.int32), key=np.asarray(jax.random.PRNGKey(seed)),
+                      primed=np.zeros((), bool))
+  if mesh is None:
+    return jax.tree.map(jnp.asarray, state)
+  rows = lambda a: shd.logical_sharding(("batch", None), a.shape, mesh)  # noqa: E731
+  return jax.tree.map(lambda a: jax.device_put(a, rows(a) if a.ndim == 2 else NamedSharding(mesh, PartitionSpec())),
+                      state)
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -87,12 +97,13 @@ class ShuffleBuffer:
   module docstring); None ends the stream there instead. `epoch` counts the restarts.
   """
 
-  def __init__(self, produce, half: int, slack: int, d: int, batch_size: int, seed: int, rewind=None):
+  def __init__(self, produce, half: int, slack: int, d: int, batch_size: int, seed: int, rewind=None,
+               mesh=None):
     if half < batch_size:
       raise ValueError(f"buffer half size {half} is smaller than the batch size {batch_size}")
     self.produce, self.half, self.slack, self.batch_size = produce, half, slack, batch_size
-    self.rewind, self.epoch = rewind, 0
-    self.state = init_buffer(half, slack, d, seed)
+    self.rewind, self.epoch, self.mesh = rewind, 0, mesh
+    self.state = init_buffer(half, slack, d, seed, mesh)
 
   def next_batches(self) -> jax.Array | None:
     """[k, batch, d] batches from one refill, or None when the producer is exhausted (and not rewound)."""
@@ -115,7 +126,9 @@ class ShuffleBuffer:
         acts, keep = item
         if acts.shape[0] > self.slack:
           raise ValueError(f"a producer chunk of {acts.shape[0]} rows exceeds the buffer slack {self.slack}")
-        self.state = append(self.state, acts, jnp.asarray(keep))
+        keep = np.asarray(keep)  # the whole mask on every process: replicated on the mesh
+        self.state = append(self.state, acts, keep if self.mesh is None else
+                            jax.device_put(keep, NamedSharding(self.mesh, PartitionSpec())))
       if not bool(self.state.primed):
         self.state = prime(self.state)
         continue

@@ -33,13 +33,16 @@ class ActivationSource:
     self.position = position
 
   def __call__(self):
-    """(activations [B*T, d] on device, keep mask [B*T] on host) of the next token batch, or None."""
+    """(activations [B*T, d] on device, split on rows over the mesh's data axes; keep mask [B*T] on host) of
+    the next token batch, or None."""
     index = self.position
     if index >= self.batches_per_epoch:
       return None
-    tokens = np.asarray(self.rows[index * self.batch_rows:(index + 1) * self.batch_rows])
-    keep = ~np.isin(tokens.reshape(-1), self.exclude_ids)
-    placed = jax.device_put(tokens, shd.batch_sharding(self.mesh)) if self.mesh is not None else tokens
+    tokens = self.rows[index * self.batch_rows:(index + 1) * self.batch_rows]
+    keep = ~np.isin(np.asarray(tokens).reshape(-1), self.exclude_ids)
+    placed = shd.put_rows(tokens, shd.batch_sharding(self.mesh)) if self.mesh is not None else np.asarray(tokens)
     acts = self.site_fn(placed).reshape(-1, self.d_model)
+    if self.mesh is not None:  # each process holds the rows of its devices (what it writes or feeds)
+      acts = jax.device_put(acts, shd.batch_sharding(self.mesh))
     self.position += 1
     return acts, keep

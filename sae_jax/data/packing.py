@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from sae_jax import pod
 from sae_jax.data.sources import as_spec, load_text_source
 from sae_jax.data.tokenizers import load_tokenizer
 from sae_jax.errors import UserError
@@ -162,9 +163,11 @@ def iter_reference_blocks(docs, tokenizer, context_size: int = 1024, add_bos_tok
   tok = reference_tokenizer(tokenizer)
   if add_bos_token and tok.bos_token_id is None:
     raise UserError("add_bos_token needs a tokenizer with a BOS token")
-  for batch in _doc_batches(docs, batch_size, num_proc):
+  def block(batch):
     _check_texts(batch)
-    rows = reference_batch_rows(batch, tok, context_size, add_bos_token, short_batch)
+    return reference_batch_rows(batch, tok, context_size, add_bos_token, short_batch)
+
+  for rows in pod.shared_map(block, _doc_batches(docs, batch_size, num_proc)):  # in a pod: each its share
     if len(rows):
       yield rows
 
@@ -186,17 +189,21 @@ def iter_clean_blocks(docs, tokenizer, context_size: int = 1024, add_bos: bool =
   if add_bos and bos is None:
     raise UserError("add_bos needs a tokenizer with a BOS token")
   body = context_size - 1 if add_bos else context_size
+
+  def joined(batch):
+    """A batch's documents joined by EOS (an EOS before each but the first)."""
+    _check_texts(batch)
+    pieces = []
+    for ids in tok(batch, add_special_tokens=False)["input_ids"]:
+      pieces += [np.array([eos], np.int64)] if pieces else []
+      pieces.append(np.asarray(ids, np.int64))
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+
   carry = np.zeros(0, np.int64)
   first = True
-  for batch in _doc_batches(docs, batch_size):
-    _check_texts(batch)
-    pieces = [carry]
-    for ids in tok(batch, add_special_tokens=False)["input_ids"]:
-      if not first:
-        pieces.append(np.array([eos], np.int64))
-      pieces.append(np.asarray(ids, np.int64))
-      first = False
-    stream = np.concatenate(pieces)
+  for ids in pod.shared_map(joined, _doc_batches(docs, batch_size)):  # in a pod: each tokenizes its share
+    stream = np.concatenate([carry, ids] if first else [carry, np.array([eos], np.int64), ids])
+    first = False
     k = len(stream) // body
     carry = stream[k * body:]
     if k:

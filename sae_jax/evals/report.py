@@ -15,6 +15,7 @@ import os
 from collections import defaultdict
 from typing import Iterable, Sequence
 
+from sae_jax import pod
 from sae_jax.evals import metrics
 
 PAPER = {
@@ -259,6 +260,9 @@ def write_report(out_dir: str, records: Iterable[dict], settings=None, baseline:
   summary = summarize(records, settings, baseline)
   if protocol:
     summary["protocol"] = protocol
+  if not pod.is_writer():  # in a pod, process 0 writes the report
+    return summary
+  pod.log_write(out_dir)
   pngs = plot(summary, records, out_dir) if plots and records else []
   for name, text in (("summary.json", json.dumps(summary, indent=2, default=str)),
                      ("report.md", render_markdown(summary, pngs, protocol))):

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Iterator
 
+from sae_jax import pod
 from sae_jax.errors import UserError
 
 Key = tuple[str, str, str, int]  # (setting, task, problem_id, sample_index)
@@ -31,11 +32,14 @@ class SampleStore:
 
   def __init__(self, path: str):
     self.path = path
+    self.writer = pod.is_writer()  # in a pod every process keeps the records, process 0 writes them
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     self._records: dict[Key, dict] = {}
     self.repaired_bytes = 0
     self._load()
-    self._f = open(path, "a", encoding="utf-8")
+    self._f = open(path, "a", encoding="utf-8") if self.writer else None
+    if self._f is not None:
+      pod.log_write(path)
 
   def _load(self) -> None:
     if not os.path.exists(self.path):
@@ -43,7 +47,7 @@ class SampleStore:
     with open(self.path, "rb") as f:
       data = f.read()
     end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
-    if end < len(data):
+    if end < len(data) and self.writer:
       self.repaired_bytes = len(data) - end
       with open(self.path, "r+b") as f:
         f.truncate(end)
@@ -73,13 +77,15 @@ class SampleStore:
     key = record_key(rec)
     if key in self._records:
       raise RuntimeError(f"sample {key} is already stored")
-    self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    self._f.flush()
-    os.fsync(self._f.fileno())
+    if self._f is not None:
+      self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+      self._f.flush()
+      os.fsync(self._f.fileno())
     self._records[key] = rec
 
   def close(self) -> None:
-    self._f.close()
+    if self._f is not None:
+      self._f.close()
 
   def __enter__(self):
     return self

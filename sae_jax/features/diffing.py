@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae_jax import io as sio
+from sae_jax import pod
 from sae_jax.errors import UserError
 from sae_jax.features.reasonscore import EPS, PAPER_ALPHA, ReasonScoreAccumulator, ReasonScores, feed_rows
 from sae_jax.models import sharding as shd
@@ -80,7 +81,7 @@ class FeatureStatsAccumulator(ReasonScoreAccumulator):
   def finalize_stats(self, alpha: float = PAPER_ALPHA, eps: float = EPS) -> ModelStats:
     reason = self.finalize(alpha, eps)  # raises if there were no (non-ignored) tokens
     sums, counts = self.sums_and_counts()
-    active = np.asarray(jax.device_get(self._state["active"]), np.int64)
+    active = np.asarray(pod.to_host(self._state["active"]), np.int64)
     n = int(counts[0] + counts[1])  # pos and neg split the non-ignored tokens
     mean = (sums[0].astype(np.float64) + sums[1]) / n
     return ModelStats(mean=mean.astype(np.float32), density=(active / n).astype(np.float32), reason=reason,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae_jax import io as sio
+from sae_jax import pod
 from sae_jax import paper
 from sae_jax.errors import UserError
 from sae_jax.features.masks import PAPER_IGNORE_IDS, PAPER_WINDOW, check_mask_settings, reason_masks
@@ -256,7 +257,7 @@ class ReasonScoreAccumulator:
 
   def sums_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
     """Host copies of the per-mask sums [2 + R, d_sae] (pos, neg, groups) and counts [2 + R]."""
-    state = jax.device_get(self._state)
+    state = pod.to_host(self._state)
     return np.asarray(state["sums"]), np.asarray(state["counts"])
 
   def finalize(self, alpha: float = PAPER_ALPHA, eps: float = EPS) -> ReasonScores:

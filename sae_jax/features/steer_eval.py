@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from sae_jax import io as sio
+from sae_jax import pod
 from sae_jax.errors import UserError
 from sae_jax.evals import report as eval_report
 from sae_jax.evals import runner
@@ -60,12 +61,17 @@ def kv_bytes_per_slot(cfg, max_len: int, dtype) -> int:
 def free_memory_bytes(mesh=None) -> tuple[int, str]:
   """(free bytes for the cache over the mesh's devices, where the number comes from)."""
   devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
-  stats = [d.memory_stats() or {} for d in devices]
-  if all("bytes_limit" in s for s in stats):
-    free = sum(s["bytes_limit"] - s.get("bytes_in_use", 0) for s in stats)
-    return free, f"{devices[0].device_kind} memory_stats"
-  pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-  return pages * size, "available host memory"
+  local = [d for d in devices if d.process_index == jax.process_index()]  # another host's are not readable
+  stats = [d.memory_stats() or {} for d in local]
+  if local[0].platform != "cpu" and all("bytes_limit" in s for s in stats):  # CPU: the host's memory
+    free = sum(s["bytes_limit"] - s.get("bytes_in_use", 0) for s in stats) * len(devices) // len(local)
+    return _agreed(free), f"{devices[0].device_kind} memory_stats"
+  return _agreed(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "available host memory"
+
+
+def _agreed(free: int) -> int:
+  """Process 0's byte count on every process, so all size the cache alike (in MiB: JAX's int32 holds them)."""
+  return int(pod.broadcast(free >> 20)) << 20
 
 
 def size_slots(model_cfg, dtype, max_len: int, opts: EngineConfig, mesh=None, log=print) -> int:
@@ -176,7 +182,8 @@ def evaluate(model, tokenizer, tasks: dict, out_dir: str, config: runner.Samplin
   summary = eval_report.write_report(out_dir, records, baseline="baseline" if "baseline" in settings else None,
                                      protocol=protocol)
   summary["steering"] = described
-  sio.write_json(os.path.join(out_dir, "steering.json"), described, indent=1)
+  if pod.is_writer():
+    sio.write_json(os.path.join(out_dir, "steering.json"), described, indent=1)
   return summary
 
 

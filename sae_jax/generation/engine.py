@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sae_jax import pod
 from sae_jax.errors import UserError
 from sae_jax.generation import sampling
 from sae_jax.models import inference
@@ -161,7 +162,7 @@ class Engine:
             rows[s].dispatched += 1
             rows[s].retired = 1 + rows[s].dispatched >= rows[s].budget
         if inflight is not None:  # the previous step's tokens, read while this step runs
-          tokens = np.asarray(inflight[0])
+          tokens = pod.to_host(inflight[0])  # every process sees every slot's token, decides the same
           for s, row in enumerate(inflight[1]):
             if row is None or row.finished:
               continue
@@ -198,11 +199,12 @@ class Engine:
     lengths = np.array([len(req.prompt)], np.int32)
     logits, prompt_cache = inference.prefill(self.graphdef, self.state, tokens, lengths, hook_args,
                                              make_hooks=self.make_hooks)
-    args = sampling.SamplerArgs(temperature=jnp.float32([req.temperature]), top_p=jnp.float32([req.top_p]),
-                                top_k=jnp.int32([req.top_k]), key=jnp.asarray([req.key], jnp.uint32),
-                                step=jnp.zeros((1,), jnp.int32))
-    first = int(self._sample_one(logits, args)[0])
-    cache = inference.insert(cache, prompt_cache, jnp.int32([slot]), jnp.asarray(lengths))
+    # host arrays, not one process's device arrays, beside the global logits and cache
+    args = sampling.SamplerArgs(temperature=np.float32([req.temperature]), top_p=np.float32([req.top_p]),
+                                top_k=np.int32([req.top_k]), key=np.asarray([req.key], np.uint32),
+                                step=np.zeros((1,), np.int32))
+    first = int(pod.to_host(self._sample_one(logits, args))[0])
+    cache = inference.insert(cache, prompt_cache, np.int32([slot]), lengths)
     return first, cache
 
   def _budget(self, req: Request) -> int:

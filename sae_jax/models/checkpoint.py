@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +12,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from sae_jax import io as sio
+from sae_jax import pod
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 from sae_jax.models.config import ModelConfig
-from sae_jax.models.loading import abstract_model, load_model, peek_config
+from sae_jax.models.loading import abstract_model, load_model, open_checkpoint, peek_config
 from sae_jax.models.transformer import Transformer
 
 DTYPES = ("bfloat16", "float32")
@@ -25,11 +27,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def save(out_dir: str, model: Transformer, hf_config: dict, tokenizer_dir: str | None = None) -> str:
   """Writes the checkpoint into a temp dir beside `out_dir`, then renames: complete or absent."""
-  with sio.replaced_dir(out_dir, KIND) as tmp:
+  with sio.pod_replaced_dir(out_dir, KIND) as tmp:  # in a pod every process saves its part of the params
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, "params"), params)
       ckptr.wait_until_finished()
+    if not pod.is_writer():
+      return os.path.abspath(out_dir)
     cfg = dict(hf_config)
     cfg["sae_jax"] = {"dtype": jnp.dtype(model.dtype).name}
     with open(os.path.join(tmp, "config.json"), "w") as f:
@@ -39,6 +43,33 @@ def save(out_dir: str, model: Transformer, hf_config: dict, tokenizer_dir: str |
         if os.path.exists(os.path.join(tokenizer_dir, name)):
           shutil.copy(os.path.join(tokenizer_dir, name), tmp)
   return os.path.abspath(out_dir)
+
+
+def convert(source: str, out_dir: str, dtype, tokenizer: str | None = None, log=print) -> str:
+  """`source` (HF dir, GGUF file or hub id) as a checkpoint at `out_dir` in `dtype`, with its tokenizer files
+  (from `tokenizer`, the source dir, or a GGUF's embedded tokenizer). In a pod every process loads the weights
+  as global arrays and saves its part through Orbax's multi-host path."""
+  import time
+  start = time.time()
+  _, hf_config = open_checkpoint(source)
+  mesh = shd.make_mesh(data=-1) if pod.count() > 1 else None
+  model = load_model(source, dtype=dtype, mesh=mesh)
+  log(f"loaded {source}: {model.cfg.architecture}, {model.cfg.num_layers} layers, d_model {model.cfg.hidden_size} "
+      f"({time.time() - start:.1f}s)")
+  with tempfile.TemporaryDirectory() as scratch:
+    return save(out_dir, model, hf_config, _tokenizer_dir(source, tokenizer, scratch))
+
+
+def _tokenizer_dir(model: str, explicit: str | None, scratch: str) -> str | None:
+  """Where the tokenizer files come from; a GGUF's embedded tokenizer is exported via transformers."""
+  if explicit:
+    return explicit
+  if model.endswith(".gguf"):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(model)), gguf_file=os.path.basename(model))
+    tok.save_pretrained(scratch)
+    return scratch
+  return model if os.path.isdir(model) else None
 
 
 def restore(ckpt_dir: str, mesh=None, dtype=None) -> Transformer:

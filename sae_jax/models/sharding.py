@@ -4,13 +4,13 @@ The same code runs on 1 device, 8 fake CPU devices and a TPU pod: only the mesh 
 """
 
 import dataclasses
-import os
 from typing import Iterator
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from sae_jax import pod
 from sae_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "model")
@@ -59,10 +59,8 @@ class MeshConfig:
 
 
 def maybe_initialize_distributed() -> None:
-  """Multi-host TPU pods need `jax.distributed.initialize()` before any other JAX call."""
-  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  if "," in hosts or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+  """A pod's processes need `jax.distributed.initialize()` before any other JAX call (`sae_jax.pod`)."""
+  pod.initialize()
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, model: int = 1, devices=None) -> Mesh:
@@ -126,6 +124,12 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
+def put_rows(rows, sharding: NamedSharding) -> jax.Array:
+  """The global array of `rows` (an array-like with the same contents on every process, e.g. a memmap) placed
+  by `sharding`: each process reads only the rows its own devices hold."""
+  return jax.make_array_from_callback(tuple(rows.shape), sharding, lambda index: np.asarray(rows[index]))
+
+
 def data_shards(mesh: Mesh) -> int:
   """How many ways a batch of rows splits (the `batch` rule: data x fsdp)."""
   return int(mesh.shape["data"] * mesh.shape["fsdp"])
@@ -152,7 +156,7 @@ def token_batches(rows, batch_rows: int, mesh: Mesh | None = None, pad: bool = F
     if pad and n < batch_rows:
       tokens = np.concatenate([tokens, np.repeat(tokens[-1:], batch_rows - n, axis=0)])
     if mesh is not None:
-      tokens = jax.device_put(tokens, batch_sharding(mesh, 2))
+      tokens = put_rows(tokens, batch_sharding(mesh, 2))
     yield start, n, tokens
 
 

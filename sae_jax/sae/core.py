@@ -24,6 +24,7 @@ import numpy as np
 from flax import struct
 from jax.sharding import PartitionSpec
 
+from sae_jax import pod
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
 from sae_jax.sae import base, batchtopk, jumprelu, standard, topk
@@ -206,7 +207,7 @@ class SAE:
 
   def numpy(self) -> "SAE":
     """Params as float32 numpy arrays on the host."""
-    return self.replace(params={k: np.asarray(v, np.float32) for k, v in self.params.items()})
+    return self.replace(params={k: np.asarray(v, np.float32) for k, v in pod.to_host(dict(self.params)).items()})
 
   def place(self, mesh) -> "SAE":
     """Params as float32 device arrays; with a `mesh`, latents split on its `model` axis (when it divides)."""

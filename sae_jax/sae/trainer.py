@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from sae_jax import io as sio
 from sae_jax import runinfo
+from sae_jax import pod
 from sae_jax.activations.buffer import BufferState, ShuffleBuffer
 from sae_jax.errors import UserError
 from sae_jax.models import sharding as shd
@@ -90,15 +91,19 @@ class BatchStream:
   def __init__(self, producer, d: int, batch_size: int, half: int, slack: int, seed: int, sharding=None,
                loop: bool = False):
     self.producer, self.batch_size, self.sharding, self.half = producer, batch_size, sharding, half
+    mesh = None if sharding is None else sharding.mesh  # the buffer lives on the mesh: one global buffer in a pod
     self.buffer = ShuffleBuffer(self._produce, half=half, slack=slack, d=d, batch_size=batch_size, seed=seed,
-                                rewind=(lambda: producer.seek(0)) if loop else None)
+                                rewind=(lambda: producer.seek(0)) if loop else None, mesh=mesh)
     self.batches, self.cursor = None, 0
-    self.empty = jnp.zeros((half // batch_size, batch_size, d), jnp.float32)  # fixed shape for checkpoints
+    empty = np.zeros((half // batch_size, batch_size, d), np.float32)  # fixed shape for checkpoints
+    self.empty = jnp.asarray(empty) if mesh is None else jax.device_put(
+        empty, shd.logical_sharding((None, "batch", None), empty.shape, mesh))  # each batch split like the steps
     self.stop = None  # a StopSignals: a requested stop raises Interrupted between two chunks of a fill
     self.fill = None  # the Phase of the fill under way (its progress lines)
 
   def _produce(self):
-    if self.stop is not None and self.stop.requested:
+    # One process alone must not leave a fill half done: in a pod stops wait for a step all processes agree on.
+    if self.stop is not None and self.stop.requested and pod.count() == 1:
       raise Interrupted
     item = self.producer()
     if item is not None and self.fill is not None:
@@ -230,9 +235,16 @@ class StopSignals:
 
   def exit(self, saved: str) -> None:
     """Ends the run after the checkpoint a requested stop asked for (`saved` says which)."""
-    name, code = SIGNALS[self.requested]
+    name, code = SIGNALS[self.requested] if self.requested else ("a stop of another process", 143)
     runinfo.say(f"{name}: {saved}; rerun the same command to resume")
     raise SystemExit(code)
+
+  def agreed(self, check: bool) -> bool:
+    """Whether to stop after this step. In a pod all processes must stop at the same step (the checkpoint is
+    collective), so they agree only when `check` (every log_every steps) and stop if any was asked to."""
+    if pod.count() == 1:
+      return self.requested is not None
+    return check and pod.any_process(self.requested is not None)
 
   def close(self):
     for s, handler in self.previous.items():
@@ -246,6 +258,9 @@ class MetricsLog:
   """
 
   def __init__(self, out_dir: str, start: int):
+    self.jsonl = self.tb = None
+    if not pod.is_writer():  # process 0 logs for the pod
+      return
     path = os.path.join(out_dir, "metrics.jsonl")
     if os.path.exists(path):
       with open(path) as f:
@@ -258,6 +273,8 @@ class MetricsLog:
       self.tb = None
 
   def write(self, step: int, scalars: dict, density: np.ndarray | None = None) -> None:
+    if self.jsonl is None:
+      return
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self.jsonl.flush()
     if self.tb is not None:
@@ -267,7 +284,8 @@ class MetricsLog:
         self.tb.add_histogram("feature_density_log10", np.log10(density + 1e-10), step)
 
   def close(self):
-    self.jsonl.close()
+    if self.jsonl is not None:
+      self.jsonl.close()
     if self.tb is not None:
       self.tb.close()
 
@@ -365,9 +383,12 @@ def _train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh, data
 
   with jax.default_matmul_precision(opts.matmul_precision):
     params, opt_state = init_state_fn(cfg, mesh)(jax.random.PRNGKey(cfg.seed))
-    fire_steps = jax.device_put(jnp.zeros((cfg.d_sae,), jnp.int32), param_shardings(cfg, mesh)["b_enc"])
+    fire_steps = jax.device_put(np.zeros((cfg.d_sae,), np.int32), param_shardings(cfg, mesh)["b_enc"])
     start = manager.latest_step()
     s, norms = None, []
+    if pod.count() > 1:  # every process resumes from the step process 0 found
+      start = int(pod.broadcast(-1 if start is None else start))
+      start = None if start < 0 else start
     if start is not None:
       _check_resume(_saved_meta(manager, start).get("run", {}), cfg, opts, start, data)
       state = {"params": params, "opt_state": opt_state, "fire_steps": fire_steps, "stream": stream.state()}
@@ -414,7 +435,7 @@ def _train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh, data
         save(0)
         stop.exit(f"saved the norm estimate ({len(norms)}/{cfg.n_batches_for_norm_estimate} batches) and the "
                   f"data position to {opts.out_dir}/checkpoints")
-    s32 = jnp.float32(s)
+    s32 = np.float32(s)  # host scalars (not one process's device arrays) beside the global ones
 
     log = MetricsLog(opts.out_dir, start)
     window, last = [], None
@@ -435,7 +456,7 @@ def _train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh, data
           x = stream.next()
         except Interrupted:  # during a buffer refill
           stop_after(step)
-        params, opt_state, metrics, fire_steps = jit_step(params, opt_state, jnp.int32(step), x, s32,
+        params, opt_state, metrics, fire_steps = jit_step(params, opt_state, np.int32(step), x, s32,
                                                           fire_steps)
         window.append(metrics)
         done = step + 1
@@ -445,21 +466,23 @@ def _train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh, data
           progress.set_postfix(loss=f"{last['loss']:.3g}", l0=f"{last['l0']:.1f}",
                                ev=f"{last['explained_variance']:.3f}")
         progress.update(1)
-        if stop.requested:
+        if stop.agreed(done % opts.log_every == 0):  # in a pod: at a log step, where the processes agree
           stop_after(done)
         if done % opts.checkpoint_every == 0 or done == cfg.n_steps:  # the last too: a rerun of a done run
           if window:                                                   # is a no-op
             last = _log_window(window, step, fire_steps, opts, log, cfg.batch_size, good_checkpoint)
             window = []
           save(done)
-      if stop.requested:  # arrived during the last save: it is saved
+      if stop.agreed(True):  # arrived during the last save: it is saved
         stop_after(cfg.n_steps)
     finally:
       progress.close()
       log.close()
 
     sae = SAE(params, cfg, "scaled", s).raw().numpy()
-  sae_dir = save_saelens(os.path.join(opts.out_dir, "sae"), sae)
+  sae_dir = os.path.join(opts.out_dir, "sae")
+  if pod.is_writer():
+    sae_dir = save_saelens(sae_dir, sae)
   manager.close()
   result = {"steps": cfg.n_steps, "norm_scaling_factor": s, "seconds": round(time.time() - t0, 1),
             "tokens_per_second": round((cfg.n_steps - start) * cfg.batch_size / max(time.time() - t0, 1e-9)),
@@ -477,7 +500,7 @@ def _estimate_scale(cfg: SAEConfig, stream: BatchStream, norms: list, stop: Stop
   with runinfo.Phase("[train] norm estimate", total=n, unit="batches", done=len(norms),
                      start=f"{cfg.norm_estimate} mode, batches of {cfg.batch_size} tokens") as phase:
     while len(norms) < n:
-      if stop.requested:
+      if stop.requested and pod.count() == 1:  # in a pod a stop waits for the first agreed step
         raise Interrupted
       norms.append(batch_norm(stream.next(), cfg.norm_estimate))
       phase.update(len(norms))
@@ -489,7 +512,7 @@ def _estimate_scale(cfg: SAEConfig, stream: BatchStream, norms: list, stop: Stop
 def _log_window(window, step, fire_steps, opts, log, batch_size, good_checkpoint) -> dict:
   """Averages the window's metrics on the host; stops the run on non-finite activations or loss (before the
   next checkpoint, so the last one stays good)."""
-  host = jax.device_get(window)
+  host = pod.to_host(window)
   for at, m in enumerate(host, step + 2 - len(host)):  # steps count from 1, as in metrics.jsonl and checkpoints
     if m["nonfinite"] > 0:
       raise UserError(f"non-finite activations at step {at}: "
@@ -501,7 +524,7 @@ def _log_window(window, step, fire_steps, opts, log, batch_size, good_checkpoint
   fired = np.sum([m["fired"] for m in host], axis=0)
   density = fired / (len(host) * batch_size)
   scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k not in ("fired", "nonfinite")}
-  fire_steps = np.asarray(fire_steps)
+  fire_steps = pod.to_host(fire_steps)
   scalars["dead_fraction"] = float(np.mean(fire_steps >= opts.dead_window))
   scalars["dense_fraction"] = float(np.mean(density > opts.dense_threshold))
   scalars["fvu"] = 1.0 - scalars["explained_variance"]

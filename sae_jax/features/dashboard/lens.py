@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sae_jax import pod
 from sae_jax.errors import UserError
 
 
@@ -43,6 +44,6 @@ def logit_lens(w_dec_rows, w_u, norm_weight=None, k: int = 10, n_bins: int = 50)
     edges = lo[:, None] + (hi - lo)[:, None] * jnp.linspace(0.0, 1.0, n_bins + 1)[None]
     return top_i, top_v, bot_i, -bot_v, edges, counts
 
-  out = jax.device_get(run(w, w_u, g))
+  out = pod.to_host(run(w, w_u, g))
   names = ("top_ids", "top_values", "bottom_ids", "bottom_values", "hist_edges", "hist_counts")
   return {n: np.asarray(a) for n, a in zip(names, out)}

@@ -39,9 +39,9 @@ left out of the density's denominator.
 import dataclasses
 import math
 
-import jax
 import numpy as np
 
+from sae_jax import pod
 from sae_jax.errors import UserError
 from sae_jax.features.dashboard.summary import (SummaryAccumulator, coactivation_neighbours, decoder_cosine_baseline,
                                                 decoder_neighbours)
@@ -206,7 +206,7 @@ class DashboardAccumulator:
     if len(shape) != 2 or len(acts_shape) != 3 or acts_shape[:2] != shape:
       raise UserError(f"activations {acts_shape} do not match tokens {shape}: expected [B, T, d_in]")
     self.sae.check_width(acts_shape[2], "activation width")
-    self.update_features(np.asarray(jax.device_get(tokens)), self.observe(tokens, acts, n_rows), row_offset, n_rows)
+    self.update_features(pod.to_host(tokens), self.observe(tokens, acts, n_rows), row_offset, n_rows)
 
   def observe(self, tokens, acts, n_rows: int | None = None):
     """The device side of `update`: adds the batch to the SAE summary and returns the selected features' folded
@@ -217,7 +217,7 @@ class DashboardAccumulator:
   def update_features(self, tokens, feats, row_offset: int, n_rows: int | None = None) -> None:
     """The host side of `update`: feats [B, T, n_features] are the folded activations of the features."""
     tokens = np.asarray(tokens, np.int64)
-    feats = np.asarray(jax.device_get(feats), np.float32)
+    feats = np.asarray(pod.to_host(feats), np.float32)
     if n_rows is not None:  # the rest is padding
       tokens, feats = tokens[:n_rows], feats[:n_rows]
     if feats.ndim != 3 or feats.shape[:2] != tokens.shape or feats.shape[2] != len(self.features):
