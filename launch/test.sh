@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up from scratch if needed, then run the whole test suite (8 fake CPU devices, offline).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-# Peer packages that cannot share .venv (SAELens 5.5.2, TransformerLens 2.18): tests call them in .venv-bench.
+# Peer packages that cannot share .venv (SAELens 5.5.2, TransformerLens 2.17): tests call them in .venv-bench.
 bash launch/bench_env.sh
 # SAELens 6 and sparsify (the SAE file-format round trips) cannot share either: tests call them in .venv-compat.
 bash launch/compat_env.sh
