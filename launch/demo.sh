@@ -21,12 +21,14 @@ if [ -t 1 ]; then TERMINAL=1; else TERMINAL=0; fi
 quiet() {
   local name="$1"; shift
   if [ "$TERMINAL" = 1 ]; then "$@"; return; fi
-  "$@" 2> "$OUT/$name.err" || { local rc=$?; echo "error: stage $name failed (exit $rc); the end of $OUT/$name.err:"
-                                 tail -n 20 "$OUT/$name.err"; exit "$rc"; }
+  "$@" 2> "$OUT/$name.err" || { local rc=$?; echo "error: stage $name failed (exit $rc); the end of $OUT/$name.err:" >&2
+                                 tail -n 20 "$OUT/$name.err" >&2; exit "$rc"; }
 }
 # Problems the SAE never trains on (seed 7; it trains on seed 0's): the held-out explained variance, ReasonScore
 # and the dashboards read them.
 HELD_OUT_SOURCES="('demo#n=150,seed=7',)"
+# 320 of their rows: a multiple of the 8 data shards of stage 10's pod, so its last batch splits too.
+HELD_OUT_ROWS=320
 
 echo "== [1/10] convert: $GGUF -> $OUT/model"
 quiet convert $PY launch/convert.py --model="$GGUF" --out="$OUT/model" --dtype=float32 --verbosity=-1 \
@@ -53,7 +55,8 @@ quiet train $PY launch/train_sae.py --config=configs/demo_smollm2.py --config.ac
 
 echo "== [6/10] reason_score: every feature of the demo SAE on held-out demo problems"
 # The demo config's model and corpus keys, on the held-out problems; BOS/EOS ignored as the paper does.
-HELD_OUT=(--config=configs/demo_smollm2.py --config.model.path="$OUT/model" --config.data.sources="$HELD_OUT_SOURCES")
+HELD_OUT=(--config=configs/demo_smollm2.py --config.model.path="$OUT/model" --config.data.sources="$HELD_OUT_SOURCES"
+          --config.data.num_rows=$HELD_OUT_ROWS)
 quiet reason_score $PY launch/reason_score.py "${HELD_OUT[@]}" --sae="$OUT/sae_train/sae" --out="$OUT/reasonscore" \
   --config.reasonscore.top_k=10 --verbosity=-1 > "$OUT/reasonscore.log"
 
