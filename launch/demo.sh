@@ -4,7 +4,8 @@
 # activations (cached shards), train a standard SAE (SAELens semantics) and export it in SAELens format,
 # ReasonScore of every feature in one pass, static HTML dashboards of the top features, and a TPU plan: the
 # paper's run AOT-compiled for a Cloud TPU topology (libtpu; no TPU needed) to check it fits, and the steering
-# evaluation: baseline vs the top ReasonScore feature steered, on offline arithmetic problems.
+# evaluation: baseline vs the top ReasonScore feature steered, on offline arithmetic problems; last, ReasonScore
+# again as a 2-process pod on this machine (the multi-host path), compared with the one-process scores.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 OUT="${DEMO_OUT:-runs/demo}"
@@ -27,53 +28,59 @@ quiet() {
 # Problems the SAE never trains on (seed 7; it trains on seed 0's): the held-out explained variance, ReasonScore
 # and the dashboards read them.
 HELD_OUT_SOURCES="('demo#n=150,seed=7',)"
-# 320 of their rows: whole batches of 16 (a multi-device mesh needs every batch to split over its data shards).
+# 320 of their rows keep stages 6, 7 and 10 short.
 HELD_OUT_ROWS=320
 
-echo "== [1/9] convert: $GGUF -> $OUT/model"
+echo "== [1/10] convert: $GGUF -> $OUT/model"
 quiet convert $PY launch/convert.py --model="$GGUF" --out="$OUT/model" --dtype=float32 --verbosity=-1 \
   | tee "$OUT/convert.log"
 
-echo "== [2/9] chat: greedy answer from the converted checkpoint (bf16)"
+echo "== [2/10] chat: greedy answer from the converted checkpoint (bf16)"
 quiet chat $PY launch/chat.py --model="$OUT/model" --dtype=bfloat16 --max_new_tokens=48 --verbosity=-1 \
   --prompt="What is the capital of France? Answer in one sentence." | tee "$OUT/chat.log"
 
-echo "== [3/9] parity: our model vs HF transformers (torch), float32"
+echo "== [3/10] parity: our model vs HF transformers (torch), float32"
 quiet parity $PY launch/compare_reference.py --model="$OUT/model" --reference="$HF_DIR" --dtype=float32 --layer=19 --verbosity=-1 \
   --out="$OUT/parity.json" > /dev/null
 
-echo "== [4/9] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
+echo "== [4/10] collect: resid_post of layer 19 on the offline demo corpus -> $OUT/acts"
 rm -rf "$OUT/acts"
 quiet collect $PY launch/collect_activations.py --config=configs/demo_smollm2.py --config.model.path="$OUT/model" \
   --out="$OUT/acts" --shard_tokens=16384 --verbosity=-1 | tee "$OUT/collect.log"
 
-echo "== [5/9] train: standard SAE (576 -> 4608) from the cached shards, evaluated on held-out problems"
+echo "== [5/10] train: standard SAE (576 -> 4608) from the cached shards, evaluated on held-out problems"
 rm -rf "$OUT/sae_train"
 quiet train $PY launch/train_sae.py --config=configs/demo_smollm2.py --config.activations.cache_dir="$OUT/acts" \
   --config.model.path="$OUT/model" --config.trainer.out_dir="$OUT/sae_train" --config.trainer.progress=false \
   --config.eval.sources="$HELD_OUT_SOURCES" --verbosity=-1 > "$OUT/train.log"
 
-echo "== [6/9] reason_score: every feature of the demo SAE on held-out demo problems"
+echo "== [6/10] reason_score: every feature of the demo SAE on held-out demo problems"
 # The demo config's model and corpus keys, on the held-out problems; BOS/EOS ignored as the paper does.
 HELD_OUT=(--config=configs/demo_smollm2.py --config.model.path="$OUT/model" --config.data.sources="$HELD_OUT_SOURCES"
           --config.data.num_rows=$HELD_OUT_ROWS)
 quiet reason_score $PY launch/reason_score.py "${HELD_OUT[@]}" --sae="$OUT/sae_train/sae" --out="$OUT/reasonscore" \
   --config.reasonscore.top_k=10 --verbosity=-1 > "$OUT/reasonscore.log"
 
-echo "== [7/9] dashboard: HTML pages of the top 10 features -> $OUT/dashboards/index.html"
+echo "== [7/10] dashboard: HTML pages of the top 10 features -> $OUT/dashboards/index.html"
 quiet dashboard $PY launch/dashboard.py "${HELD_OUT[@]}" --sae="$OUT/sae_train/sae" --scores="$OUT/reasonscore" \
   --config.dashboard.top_k=10 --out="$OUT/dashboards" --verbosity=-1 > "$OUT/dashboard.log"
 
-echo "== [8/9] plan: the paper's run (R1-Distill-Llama-8B, SAE 4096 -> 65536) AOT-compiled for TPU v5e:2x2, mesh model=4"
+echo "== [8/10] plan: the paper's run (R1-Distill-Llama-8B, SAE 4096 -> 65536) AOT-compiled for TPU v5e:2x2, mesh model=4"
 quiet plan $PY launch/aot_compile.py --topology=v5e:2x2 --config=configs/paper_r1_llama8b_l19.py --config.mesh.data=1 \
   --config.mesh.model=4 --out="$OUT/plan_v5e_2x2.json" --verbosity=-1 > /dev/null
 
-echo "== [9/9] evaluate: baseline vs steering the top ReasonScore feature on offline arithmetic problems"
+echo "== [9/10] evaluate: baseline vs steering the top ReasonScore feature on offline arithmetic problems"
 TOP="$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['feature'])" "$OUT/reasonscore/top_k.json")"
 rm -rf "$OUT/eval"
 quiet evaluate $PY launch/evaluate.py --config=configs/eval_demo_smollm2.py --config.model.path="$OUT/model" \
   --sae="$OUT/sae_train/sae" --config.steering.features="($TOP,)" --dashboard="$OUT/dashboards" \
   --out="$OUT/eval" --verbosity=-1 > "$OUT/evaluate.log"
+
+echo "== [10/10] pod: stage 6 again as 2 processes x 4 CPU devices (one 8-device mesh over gloo), compared"
+rm -rf "$OUT/reasonscore_pod"
+quiet pod env PYTHON="$PY" LOCAL_POD_LOG_DIR="$OUT/pod_logs" bash launch/local_pod.sh 2 launch/reason_score.py "${HELD_OUT[@]}" \
+  --sae="$OUT/sae_train/sae" --out="$OUT/reasonscore_pod" --config.mesh.data=-1 --config.reasonscore.top_k=10 \
+  --verbosity=-1 > "$OUT/reasonscore_pod.log"
 
 $PY - "$OUT" "$start" <<'PY'
 import json, os, sys, time
@@ -139,5 +146,11 @@ for task in ev["tasks"]:
           f"{100 * p['ci_high']:.1f}] ({g}, {e['n_problems']} problems), mean length "
           f"{e['total_tokens']['mean']:.1f} tokens, {e['n_truncated']} hit the limit")
 print(f"report  : {os.path.join(out, 'eval', 'report.md')}")
+import numpy as np  # noqa: E402
+one, pod = (np.load(os.path.join(out, d, "scores.npy")) for d in ("reasonscore", "reasonscore_pod"))
+same = [t["feature"] for t in json.load(open(os.path.join(out, "reasonscore", "top_k.json")))] == \
+    [t["feature"] for t in json.load(open(os.path.join(out, "reasonscore_pod", "top_k.json")))]
+print(f"pod     : ReasonScore as 2 processes x 4 devices vs 1 process: max |score difference| "
+      f"{np.max(np.abs(one - pod)):.2e} over {one.size} features, top 10 {'identical' if same else 'DIFFERENT'}")
 print(f"total   : {time.time() - start:.0f} s")
 PY

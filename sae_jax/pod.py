@@ -119,6 +119,17 @@ def shared_map(fn, items, timeout_s: int = 3600):
     client.key_value_delete(key)
 
 
+def pace(tree):
+  """`tree`, once computed, on a pod of CPU processes; at once elsewhere. Call it on each step's result in a
+  loop of steps with collectives: XLA's CPU (gloo) collectives deadlock when many such programs are in flight
+  (a 2-process ReasonScore stopped, idle, after 17 of 20 batches). TPU pods keep their async dispatch."""
+  if count() > 1:
+    import jax
+    if jax.default_backend() == "cpu":
+      jax.block_until_ready(tree)
+  return tree
+
+
 def to_host(tree):
   """Numpy copies of every array of `tree`, whole on every process (gathered when other processes hold parts)."""
   import jax

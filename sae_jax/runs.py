@@ -588,7 +588,7 @@ def diff_models(c, sae_dir: str, out: str, model_a: str = "", activations_a: str
   for name, cfg in cfgs.items():
     if cfg is not None:
       diffing.check_rows_fit(rows, cfg, name)
-  diffing.check_batches(len(rows), c.data.store_batch_rows, x.mesh)
+  diffing.check_batches(c.data.store_batch_rows, x.mesh)
 
   acc = diffing.FeatureStatsAccumulator(x.sae, vocab, mesh=x.mesh, **settings)
   stats, described, loaded = {}, {}, {}

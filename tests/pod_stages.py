@@ -82,7 +82,8 @@ def main(work: str, model: str, stages: list[str]) -> None:
     elif stage == "train_fly":
       runs.train(config(model, trainer={"out_dir": out(stage)}, eval={"batches": 0}))  # train_cache splices
     elif stage == "reason_score":
-      runs.reason_score(config(model, data={"num_rows": 32}), sae, out(stage))
+      # 26 batches, the last one padded: many steps in flight is what pod.pace guards
+      runs.reason_score(config(model, data={"num_rows": 203}), sae, out(stage))
     elif stage == "dashboard":
       runs.dashboard(config(model, data={"num_rows": 16}, dashboard={"top_k": 2}), sae, out(stage), features=[3, 5])
     elif stage == "diff":

@@ -160,7 +160,7 @@ def test_step_encodes_each_token_once(tiny_pair):
   sae = _sae(64, D_SAE, 0.03)
   acc = FeatureStatsAccumulator(sae, VOCAB, window=WINDOW, ignore_ids=IGNORE)
   tokens, acts = _rows(2, 8), np.zeros((2, 8, 64), np.float32)
-  hlo = acc._step.lower(acc._state, acc.sae, tokens, acts).compile().as_text()
+  hlo = acc._step.lower(acc._state, acc.sae, tokens, acts, np.int32(2)).compile().as_text()
   assert len(re.findall(rf"= f32\[16,{D_SAE}\]\S* dot\(", hlo)) == 1
 
 

@@ -254,6 +254,18 @@ def test_corpus_with_site_fn():
   _assert_same(got, reasonscore_dense(_folded_acts(params, table[tokens]), tokens, vocab, mode="intended"))
 
 
+def test_corpus_pads_a_short_last_batch_on_a_mesh():
+  """11 rows in batches of 8 on 2 data shards: the last 3 rows are padded to 8, and the padding counts nowhere."""
+  vocab, tokens, params, _ = _random_case(seed=3)
+  tokens = tokens[:11]
+  table = np.random.default_rng(4).normal(size=(128002, 16)).astype(np.float32)
+  mesh = make_mesh(2, 1, 4, devices=jax.devices()[:8])
+  got = reasonscore_corpus(jax.jit(lambda t: jnp.asarray(table)[t]), tokens, params, vocab, batch_rows=8, mesh=mesh)
+  want = reasonscore_dense(_folded_acts(params, table[tokens]), tokens, vocab)
+  _assert_same(got, want)
+  assert got.settings["n_tokens"] == tokens.size
+
+
 def test_top_k_and_save(fx, tmp_path):
   res = reasonscore_dense(fx["activations"], fx["tokens"], fx["vocab"], window=fx["window"], alpha=fx["alpha"])
   top = res.top_k(3)

@@ -64,10 +64,11 @@ class FeatureStatsAccumulator(ReasonScoreAccumulator):
     base = super()._make_step()
     ignore = np.asarray(self.ignore_ids, np.int64)
 
-    def step(state, sae, tokens, acts):
-      out = base({"sums": state["sums"], "counts": state["counts"]}, sae, tokens, acts)
+    def step(state, sae, tokens, acts, n_rows):
+      out = base({"sums": state["sums"], "counts": state["counts"]}, sae, tokens, acts, n_rows)
       features = sae.encode(acts)
-      keep = ~jnp.isin(tokens, jnp.asarray(ignore.astype(tokens.dtype)))
+      real = (jnp.arange(tokens.shape[0]) < n_rows)[:, None]
+      keep = ~jnp.isin(tokens, jnp.asarray(ignore.astype(tokens.dtype))) & real
       fired = (features > 0) & keep[..., None]
       return {**out, "active": state["active"] + fired.sum(axis=(0, 1), dtype=jnp.int32)}
 
@@ -97,7 +98,7 @@ def model_stats(site_fn, rows, acc: FeatureStatsAccumulator, *, batch_rows: int,
   rows = np.asarray(rows) if not hasattr(rows, "shape") else rows
   if len(rows) == 0:
     raise UserError("model diffing got no tokens: the corpus is empty")
-  check_batches(len(rows), batch_rows, acc.mesh)  # up front, not after a model's worth of batches
+  check_batches(batch_rows, acc.mesh)  # up front, not after a model's worth of batches
   acc.reset()
   feed_rows(acc, site_fn, rows, batch_rows, progress)
   return acc.finalize_stats(alpha, eps)
@@ -117,17 +118,12 @@ def check_pair(cfg_a, cfg_b, sae: SAE, layer: int) -> None:
       raise UserError(f"layer {layer} is out of range for model {name}: it has layers 0..{cfg.num_layers - 1}")
 
 
-def check_batches(n_rows: int, batch_rows: int, mesh=None) -> None:
-  """Every batch (the last may be short) splits over the mesh's data shards."""
+def check_batches(batch_rows: int, mesh=None) -> None:
+  """A batch splits over the mesh's data shards (a short last batch is padded to `batch_rows`)."""
   if batch_rows < 1:
     raise UserError(f"batch_rows must be positive, got {batch_rows}")
-  if mesh is None or n_rows == 0:
-    return
-  n_data = shd.data_shards(mesh)
-  sizes = {min(batch_rows, n_rows), n_rows % batch_rows or batch_rows}
-  if any(s % n_data for s in sizes):
-    raise UserError(f"batches of {sorted(sizes)} rows ({n_rows} rows, batch_rows {batch_rows}) do not split "
-                    f"over {n_data} data shards")
+  if mesh is not None:
+    shd.check_batch_splits(batch_rows, mesh, f"a batch (batch_rows {batch_rows})")
 
 
 def check_rows_fit(rows, cfg, name: str) -> None:

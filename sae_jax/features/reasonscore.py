@@ -176,14 +176,17 @@ def latent_sharding(shape, latent_axis, mesh):
 
 def make_step(vocab: Vocabulary, *, window=PAPER_WINDOW, mode: str = "reference", ignore_ids=PAPER_IGNORE_IDS,
               mesh=None):
-  """The accumulator's pure `step(state, sae, tokens, acts) -> state`: adds one batch's per-mask sums/counts of
-  the features `sae` (an `SAE`, folded) gives raw site activations `acts`.
+  """The accumulator's pure `step(state, sae, tokens, acts, n_rows) -> state`: adds one batch's per-mask
+  sums/counts of the features `sae` (an `SAE`, folded) gives raw site activations `acts`. Rows from `n_rows` on
+  (an int32 scalar) are padding and count nowhere: a short last batch is padded, so it still splits over the
+  mesh and the step compiles once.
 
   A module function (not a method) so launch/aot_compile.py can lower it with `abstract_step_args`.
   """
 
-  def step(state, sae, tokens, acts):
-    rows = _mask_rows(reason_masks(tokens, vocab, window, mode, ignore_ids), jnp)
+  def step(state, sae, tokens, acts, n_rows):
+    real = jnp.arange(tokens.shape[0]) < n_rows
+    rows = _mask_rows(reason_masks(tokens, vocab, window, mode, ignore_ids), jnp) & real[None, :, None]
     features = sae.encode(acts)
     if mesh is not None:
       features = jax.lax.with_sharding_constraint(
@@ -195,7 +198,8 @@ def make_step(vocab: Vocabulary, *, window=PAPER_WINDOW, mode: str = "reference"
 
 
 def abstract_step_args(vocab: Vocabulary, sae_cfg: SAEConfig, batch_rows: int, context_size: int, mesh) -> tuple:
-  """(state, sae, tokens, acts) of `make_step` as ShapeDtypeStructs placed as the accumulator places them."""
+  """(state, sae, tokens, acts, n_rows) of `make_step` as ShapeDtypeStructs placed as the accumulator places
+  them."""
   def sds(shape, dtype, sharding):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
@@ -203,7 +207,8 @@ def abstract_step_args(vocab: Vocabulary, sae_cfg: SAEConfig, batch_rows: int, c
            for k, a in state_shapes(vocab, sae_cfg.d_sae).items()}
   return (state, SAE.abstract(sae_cfg, mesh).encoder_only(),
           sds((batch_rows, context_size), jnp.int32, shd.batch_sharding(mesh, 2)),
-          sds((batch_rows, context_size, sae_cfg.d_in), jnp.float32, shd.batch_sharding(mesh, 3)))
+          sds((batch_rows, context_size, sae_cfg.d_in), jnp.float32, shd.batch_sharding(mesh, 3)),
+          jax.ShapeDtypeStruct((), jnp.int32))
 
 
 class ReasonScoreAccumulator:
@@ -234,8 +239,9 @@ class ReasonScoreAccumulator:
   def _make_step(self):
     return make_step(self.vocab, window=self.window, mode=self.mode, ignore_ids=self.ignore_ids, mesh=self.mesh)
 
-  def update(self, tokens, acts) -> None:
-    """Adds one batch: tokens [B, L] ids, acts [B, L, d_in] raw site activations (e.g. from make_site_fn)."""
+  def update(self, tokens, acts, n_rows: int | None = None) -> None:
+    """Adds one batch: tokens [B, L] ids, acts [B, L, d_in] raw site activations (e.g. from make_site_fn); only
+    its first `n_rows` rows (default all) count, the rest being padding."""
     shape = tuple(np.shape(tokens))
     if len(shape) != 2:
       raise UserError(f"tokens must be [batch, length], got shape {shape}")
@@ -243,7 +249,10 @@ class ReasonScoreAccumulator:
     if len(acts_shape) != 3 or acts_shape[:2] != shape:
       raise UserError(f"activations {acts_shape} do not match tokens {shape}: expected [B, L, d_in]")
     self.sae.check_width(acts_shape[2], "activation width")
-    if self.n_tokens + shape[0] * shape[1] > _MAX_COUNT:
+    n_rows = shape[0] if n_rows is None else int(n_rows)
+    if not 0 <= n_rows <= shape[0]:
+      raise UserError(f"n_rows {n_rows} is outside the batch of {shape[0]} rows")
+    if self.n_tokens + n_rows * shape[1] > _MAX_COUNT:
       raise UserError(f"more than {_MAX_COUNT} tokens: split the corpus and add the sums and counts")
     if self.mesh is not None:
       n_data = shd.data_shards(self.mesh)
@@ -252,8 +261,8 @@ class ReasonScoreAccumulator:
       tokens = jax.device_put(tokens, shd.batch_sharding(self.mesh, 2))
       acts = jax.device_put(acts, shd.batch_sharding(self.mesh, 3))
     with jax.default_matmul_precision(self.matmul_precision):
-      self._state = self._step(self._state, self.sae, tokens, acts)
-    self.n_tokens += shape[0] * shape[1]
+      self._state = pod.pace(self._step(self._state, self.sae, tokens, acts, np.int32(n_rows)))
+    self.n_tokens += n_rows * shape[1]
 
   def sums_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
     """Host copies of the per-mask sums [2 + R, d_sae] (pos, neg, groups) and counts [2 + R]."""
@@ -284,8 +293,9 @@ def reasonscore_corpus(site_fn, rows, sae: SAE, vocab: Vocabulary, *, batch_rows
 
 
 def feed_rows(acc: "ReasonScoreAccumulator", site_fn, rows, batch_rows: int, progress=None) -> None:
-  """Runs the model over `rows` in batches (placed on the accumulator's mesh) and updates `acc`."""
-  for start, n, tokens in shd.token_batches(rows, batch_rows, acc.mesh):
-    acc.update(tokens, site_fn(tokens))
+  """Runs the model over `rows` in batches (placed on the accumulator's mesh; the last one padded) and updates
+  `acc`."""
+  for start, n, tokens in shd.token_batches(rows, batch_rows, acc.mesh, pad=True):
+    acc.update(tokens, site_fn(tokens), n)
     if progress is not None:
       progress(start + n, len(rows))

@@ -156,8 +156,7 @@ def token_batches(rows, batch_rows: int, mesh: Mesh | None = None, pad: bool = F
     if pad and n < batch_rows:
       tokens = np.concatenate([tokens, np.repeat(tokens[-1:], batch_rows - n, axis=0)])
     if mesh is not None:
-      check_batch_splits(tokens.shape[0], mesh, f"the batch of rows {start}-{start + n - 1} (use a row count "
-                                                "whose last batch splits too, e.g. data.num_rows)")
+      check_batch_splits(tokens.shape[0], mesh, f"a batch (rows {start}-{start + n - 1})")
       tokens = put_rows(tokens, batch_sharding(mesh, 2))
     yield start, n, tokens
 

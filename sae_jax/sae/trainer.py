@@ -456,8 +456,8 @@ def _train(cfg: SAEConfig, stream: BatchStream, opts: TrainerOptions, mesh, data
           x = stream.next()
         except Interrupted:  # during a buffer refill
           stop_after(step)
-        params, opt_state, metrics, fire_steps = jit_step(params, opt_state, np.int32(step), x, s32,
-                                                          fire_steps)
+        params, opt_state, metrics, fire_steps = pod.pace(jit_step(params, opt_state, np.int32(step), x, s32,
+                                                                   fire_steps))
         window.append(metrics)
         done = step + 1
         if done % opts.log_every == 0 or done == cfg.n_steps:
