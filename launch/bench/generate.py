@@ -11,11 +11,13 @@ A call is the whole batch, prefill included; tokens/s = slots * new tokens / sec
 the engine's progress callback and an HF logits processor (both fire once per decode step).
 
 Also measured, each in paired rounds: our steering overhead (steered vs unsteered engine), HF unsteered, bf16
-vs f32, and continuous batching vs a static batch on `--gen_mixed_requests` requests whose budgets run log-uniformly from
-`--gen_mixed_min` to `--gen_mixed_max` new tokens: static = the same engine fed 16 requests at a time, the next
+vs f32, and continuous batching vs a static batch on `--gen_mixed_requests` requests whose budgets run
+log-uniformly from `--gen_mixed_min` to `--gen_mixed_max` new tokens: static = the same engine fed 16 requests at a time, the next
 group only when the whole group is done (the longest row holds the batch), as HF `generate` on the same groups
 (also run, as `hf_static`). `profile` times the bare jitted decode step (no engine loop) and counts the dots of
-its compiled HLO by dtype.
+its compiled HLO by dtype, and the weights' matmuls alone (`weight_dots_only`: every weight matrix times a
+[slots, in] input, nothing else), the floor under any decode step of XLA on this machine; `ceiling_vs_hf_step`
+= HF's decode step / that floor, the most any XLA program could gain over HF per step here.
 """
 
 import re
@@ -226,6 +228,8 @@ def run() -> dict:
 
     if FLAGS.gen_profile_steps:
       profile[name] = _profile(model, plan, args, prompts, max_len)
+      profile[name]["ceiling_vs_hf_step"] = (report["hf_steered"]["decode_step_ms_median"] / 1e3
+                                             / profile[name]["weight_dots_only"]["median_s"])
       common.log("generate", f"{name} profile: {profile[name]}")
 
     if name == FLAGS.gen_mixed_dtype and FLAGS.gen_mixed_requests:
@@ -339,9 +343,13 @@ def _profile(model, plan, args, prompts, max_len) -> dict:
                                                  make_hooks=hooks, sampler=sampler)
     v["cur"].block_until_ready()
 
-  rounds = common.paired_rounds({k: (lambda i, k=k: step(k)) for k in variants}, 2, FLAGS.gen_profile_steps)
+  dots, ws, xs = _weight_dots(state, n)
+  sides = {k: (lambda i, k=k: step(k)) for k in variants}
+  sides["weight_dots_only"] = lambda i: dots(ws, xs).block_until_ready()
+  rounds = common.paired_rounds(sides, 2, FLAGS.gen_profile_steps)
   out = {k: {"bare_decode_step": common.spread(rounds.seconds[k]), "hlo": hlo[k]}
          for k in variants}
+  out["weight_dots_only"] = common.spread(rounds.seconds["weight_dots_only"])
   for kind in ("", "_argmax_only"):
     out[f"steering_overhead{kind}"] = (statistics.median(rounds.seconds[f"steered{kind}"])
                                        / statistics.median(rounds.seconds[f"unsteered{kind}"]) - 1)
@@ -349,3 +357,23 @@ def _profile(model, plan, args, prompts, max_len) -> dict:
                                                 / statistics.median(rounds.seconds["unsteered"]))
   out["loadavg_1min"] = rounds.loadavg_1min
   return out
+
+
+def _weight_dots(state, n: int):
+  """(fn, ws, xs): `fn(ws, xs)` multiplies each weight matrix of the model (the embedding as the unembedding) by
+  an [n, in] input in the weights' dtype with float32 results, as the model's own dots; reduced to one number."""
+  import jax
+  import jax.numpy as jnp
+  leaves = [(("embed" in jax.tree_util.keystr(p)), v) for p, v in jax.tree_util.tree_leaves_with_path(state)
+            if getattr(v, "ndim", 0) == 2]
+  emb, ws = tuple(e for e, _ in leaves), [jnp.asarray(w) for _, w in leaves]
+  xs = {k: jnp.full((n, k), 0.01, ws[0].dtype) for k in {w.shape[1] if e else w.shape[0] for e, w in zip(emb, ws)}}
+
+  @jax.jit
+  def dots(ws, xs):
+    total = jnp.float32(0)
+    for e, w in zip(emb, ws):
+      total += jnp.dot(xs[w.shape[1] if e else w.shape[0]], w.T if e else w, preferred_element_type=jnp.float32).sum()
+    return total
+
+  return dots, ws, xs
