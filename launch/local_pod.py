@@ -6,8 +6,9 @@
 Each process gets `devices` fake CPU devices and the environment `sae_jax.pod` reads (coordinator on a free
 localhost port, process count and id), so the N processes form one mesh of N x devices and talk through gloo.
 Process K logs to `--logs`/proc_K.log (its pid in `proc_K.pid`); process 0's output is also printed. When a
-process fails, the others are stopped and this exits with the failed one's code; `launch/local_pod.sh N ...`
-is the short form.
+process fails, the others are stopped and this exits with the failed one's code. SIGTERM or SIGINT (Ctrl-C) is
+passed on to every process as SIGTERM and waited for, so a run saves what it resumes from; a second one kills
+them. `launch/local_pod.sh N ...` is the short form.
 """
 
 import os
@@ -62,13 +63,27 @@ def run_pod(cmd: list[str], n: int, devices: int, log_dir: str, port: int = 0) -
   for k, p in enumerate(procs):
     threading.Thread(target=lambda k=k, p=p: exits.put((k, p.wait())), daemon=True).start()
   first = None  # (process, exit code) of the first failure
+  stopping = []
+
+  def stop(signum, frame):
+    """SIGTERM/SIGINT: every process gets SIGTERM and its time to save (a pod stops at an agreed step); a
+    second signal kills them."""
+    stopping.append(signum)
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGTERM if len(stopping) == 1 else signal.SIGKILL)
+
+  old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     for _ in procs:
       k, code = exits.get()
-      if code:
+      if code and first is None:
         first = (k, code)
-        break
+      if code and not stopping:
+        break  # a failure: the others would wait for it in a collective
   finally:
+    for s, handler in old.items():
+      signal.signal(s, handler)
     for p in procs:  # our own children, by pid: a failed process leaves the others waiting in a collective
       if p.poll() is None:
         p.send_signal(signal.SIGKILL)
@@ -78,7 +93,8 @@ def run_pod(cmd: list[str], n: int, devices: int, log_dir: str, port: int = 0) -
   if first is None:
     return 0
   k, code = first
-  print(f"local_pod: process {k} exited with {code}; the others were stopped. {log_dir}/proc_{k}.log ends:",
+  how = f"stopped by signal {stopping[0]}" if stopping else "the others were stopped"
+  print(f"local_pod: process {k} exited with {code} ({how}). {log_dir}/proc_{k}.log ends:",
         file=sys.stderr)
   with open(os.path.join(log_dir, f"proc_{k}.log")) as f:
     sys.stderr.write("".join(f.readlines()[-20:]))

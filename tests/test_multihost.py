@@ -1,10 +1,11 @@
 """Every stage as 2 processes x 4 CPU devices (launch/local_pod.py) against 1 process x 8 devices.
 
-One chained run per layout (tests/pod_stages.py: convert, collect, train from the cache and on the fly, reason_score,
-evaluate), both started at once. The pod run is killed (-9, one process) while it trains from the cache and
-restarted whole, so its results also show the resume. Compared: the activation shards byte for byte, the SAE
-weights to float32 rounding (gradients are summed over the devices in another order across processes), the
-ReasonScore arrays to the fixture tolerances, the evaluation samples exactly, and every file's writer.
+One chained run per layout (tests/pod_stages.py: convert, collect, train from the cache and on the fly,
+reason_score, dashboard, diff, evaluate), both started at once. The pod run is killed (-9, one process) while it
+trains from the cache and restarted whole, so its results also show the resume. Compared: the activation shards
+byte for byte, the SAE weights to float32 rounding (gradients are summed over the devices in another order
+across processes), the ReasonScore arrays to the fixture tolerances, the dashboards' statistics and the diff's
+arrays to float32 rounding, the evaluation samples exactly, and every file's writer.
 """
 
 import hashlib
@@ -22,7 +23,7 @@ from safetensors.numpy import load_file
 
 from conftest import REPO
 
-STAGES = ["convert", "collect", "train_cache", "train_fly", "reason_score", "evaluate"]
+STAGES = ["convert", "collect", "train_cache", "train_fly", "reason_score", "dashboard", "diff", "evaluate"]
 DRIVER = os.path.join(REPO, "tests", "pod_stages.py")
 
 
@@ -111,6 +112,23 @@ def test_reasonscore_within_the_fixture_tolerance(runs):
   assert meta[0]["group_counts"] == meta[1]["group_counts"] and meta[0]["pos_count"] == meta[1]["pos_count"]
 
 
+def test_dashboards_agree(runs):
+  one, two = (json.load(open(runs[k] / "dashboard" / "features.json"))["features"] for k in ("one", "two"))
+  assert [f["feature"] for f in one] == [f["feature"] for f in two] == [3, 5]
+  for a, b in zip(one, two):
+    assert (a["n_tokens"], a["n_active"]) == (b["n_tokens"], b["n_active"])
+    assert b["max_activation"] == pytest.approx(a["max_activation"], rel=1e-5)
+    assert b["mean_active"] == pytest.approx(a["mean_active"], rel=1e-5)
+    assert len(a["top"]) == len(b["top"]) > 0
+
+
+def test_diff_arrays_agree(runs):
+  from sae_jax.features.diffing import ARRAYS
+  for name in ARRAYS:
+    one, two = (np.load(runs[k] / "diff" / f"{name}.npy") for k in ("one", "two"))
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_evaluation_samples_are_identical(runs):
   def samples(k):
     recs = [json.loads(line) for line in open(runs[k] / "evaluate" / "samples.jsonl")]
@@ -154,3 +172,32 @@ def test_local_pod_without_a_command_is_one_error_line():
                         capture_output=True, text=True, env=_env(), timeout=120)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: give the script"), \
       proc.stderr
+
+
+def test_sigterm_to_local_pod_lets_every_process_save(tmp_path):
+  """The launcher passes SIGTERM on and waits: each process runs its handler (a trainer saves there) and exits
+  with its own code; no process is left behind."""
+  script = tmp_path / "saver.py"
+  script.write_text(
+      "import os, signal, sys, time\n"
+      "def save(*_):\n"
+      "  time.sleep(1)  # a save that takes a while\n"
+      "  open(os.path.join(sys.argv[1], 'saved_' + os.environ['SAE_JAX_PROCESS_ID']), 'w').close()\n"
+      "  sys.exit(3)\n"
+      "signal.signal(signal.SIGTERM, save)\n"
+      "open(os.path.join(sys.argv[1], 'ready_' + os.environ['SAE_JAX_PROCESS_ID']), 'w').close()\n"
+      "time.sleep(120)\n")
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, "launch", "local_pod.py"), "--processes=2",
+                           f"--logs={tmp_path / 'logs'}", "--", str(script), str(tmp_path)],
+                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 60
+  while not all((tmp_path / f"ready_{k}").exists() for k in (0, 1)) and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 3, err
+  assert sorted(p.name for p in tmp_path.glob("saved_*")) == ["saved_0", "saved_1"]
+  assert "exited with 3 (stopped by signal 15)" in err
+  for k in (0, 1):
+    pid = int((tmp_path / "logs" / f"proc_{k}.pid").read_text())
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"

@@ -312,6 +312,7 @@ def _profile(model, plan, args, prompts, max_len) -> dict:
   from flax import nnx
 
   from sae_jax.generation import SamplerArgs, sample
+  from sae_jax.generation.engine import default_cache_dtype
   from sae_jax.models import inference
   graphdef, state = nnx.split(model)
   n = FLAGS.gen_slots
@@ -329,7 +330,7 @@ def _profile(model, plan, args, prompts, max_len) -> dict:
   live, hlo = {}, {}
   for key, (hooks, hook_args, sampler) in variants.items():
     _, prompt_cache = inference.prefill(graphdef, state, tokens, lengths, hook_args, make_hooks=hooks)
-    cache = inference.new_cache(model.cfg, n, max_len, model.dtype)
+    cache = inference.new_cache(model.cfg, n, max_len, default_cache_dtype(model))  # the engine's
     cache = inference.insert(cache, prompt_cache, jnp.arange(n, dtype=jnp.int32), lengths)
     cur = jnp.ones(n, jnp.int32)
     hlo[key] = _hlo_dots(inference.decode_step.lower(graphdef, state, cache, cur, active, hook_args, sargs,
