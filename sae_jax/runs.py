@@ -489,7 +489,8 @@ def reason_score(c, sae_dir: str, out: str, given=()) -> dict:
     tokenizer = load_tokenizer(c.data.tokenizer or x.cache.tokenizer)
     settings = rs.accumulator_kwargs(tokenizer)
     x.cache.check_ignored(settings["ignore_ids"])
-    rows, site_fn = _cache_rows({"": x.cache}, c.data.num_rows), x.cache.site_fn()
+    rows = _cache_rows({"": x.cache}, c.data.num_rows)
+    site_fn = x.cache.site_fn(len(rows))
   else:
     tokenizer = load_tokenizer(tokenizer_path(c))
     settings = rs.accumulator_kwargs(tokenizer)
@@ -594,7 +595,7 @@ def diff_models(c, sae_dir: str, out: str, model_a: str = "", activations_a: str
   stats, described, loaded = {}, {}, {}
   for name in ("A", "B"):
     if name in caches:
-      site_fn = caches[name].site_fn()
+      site_fn = caches[name].site_fn(len(rows))
       described[name] = {"activations": caches[name].path, "source": caches[name].meta.get("model")}
     else:
       model, site_fn = _model_site_fn(c, sources[name], x)

@@ -169,6 +169,16 @@ def test_cached_rows_put_each_activation_back_at_its_token(tmp_path):
   np.testing.assert_array_equal(got, want)
   with pytest.raises(UserError, match="served in row order"):
     cache.site_fn()(cache.rows[1:3])
+  # a pass over the first m rows (odd, fewer than the cache holds) in batches of 2, the last one padded as
+  # token_batches pads it
+  m = n - 1 if (n - 1) % 2 else n - 2
+  assert m >= 1
+  site_fn = cache.site_fn(m)
+  batches = [np.asarray(cache.rows[i:i + 2]) for i in range(0, m, 2)]
+  batches[-1] = np.concatenate([batches[-1], batches[-1][-1:]])
+  got = np.concatenate([site_fn(b) for b in batches])
+  np.testing.assert_array_equal(got[:m], want[:m])
+  assert not got[m:].any()
   cache.check_ignored((1, 2, 7))
   with pytest.raises(UserError, match=r"left out token ids \[2\]"):
     cache.check_ignored((1,))

@@ -381,12 +381,14 @@ class CachedRows:
       raise UserError(f"activation cache {self.path} left out token ids {missing} (exclude_ids), which the "
                       f"statistic would count; ignore them too (ignore ids {sorted(ignore_ids)})")
 
-  def site_fn(self):
+  def site_fn(self, n_rows: int | None = None):
     """fn(tokens [B, L]) -> activations [B, L, d], serving the rows in order from the first.
 
-    A drop-in for `make_site_fn` in passes that go through `rows` front to back (`feed_rows`); each call
-    checks that `tokens` are the next rows, so a pass in any other order fails loudly.
+    A drop-in for `make_site_fn` in passes that go through the first `n_rows` rows (default all) front to back
+    (`feed_rows`); each call checks that `tokens` are the next rows, so a pass in any other order fails loudly.
+    Rows of a batch past the pass's `n_rows` are the padding of its last batch: they come back as zeros.
     """
+    limit = len(self.rows) if n_rows is None else min(int(n_rows), len(self.rows))
     reader = ShardReader(self.path, d=self.manifest["d"])
     exclude = np.asarray(self.exclude_ids, np.int64)
     empty = np.zeros((0, self.manifest["d"]), np.float32)
@@ -409,15 +411,16 @@ class CachedRows:
     def site_fn(tokens):
       tokens = pod.to_host(tokens)
       start = state["row"]
-      expected = self.rows[start:start + len(tokens)]
-      if tokens.shape != expected.shape or not np.array_equal(tokens, expected):
+      real = max(0, min(len(tokens), limit - start))
+      expected = self.rows[start:start + real]
+      if tokens.shape[1:] != expected.shape[1:] or not np.array_equal(tokens[:real], expected):
         raise UserError(f"cached activations are served in row order: the batch at row {start} is not "
                         f"rows {start}..{start + len(tokens) - 1} of {self.path}")
-      keep = ~np.isin(tokens, exclude)
+      keep = ~np.isin(tokens[:real], exclude)
       out = np.zeros(tokens.shape + (self.manifest["d"],), np.float32)
-      for i, k in enumerate(self.stream_of(np.arange(start, start + len(tokens)))):
+      for i, k in enumerate(self.stream_of(np.arange(start, start + real))):
         out[i, keep[i]] = take(int(k), int(keep[i].sum()))
-      state["row"] = start + len(tokens)
+      state["row"] = start + real
       return out
 
     return site_fn
