@@ -27,7 +27,7 @@ flags.DEFINE_string("tokenizer", None, "Dir with tokenizer files to copy (defaul
 @exit_on_user_error
 def main(argv):
   del argv
-  from sae_jax.models import checkpoint, sharding
+  from sae_jax.models import checkpoint
   import jax.numpy as jnp
   logging.set_verbosity(logging.WARNING)  # Orbax logs dozens of INFO lines per save
   common.apply_root()
@@ -36,7 +36,7 @@ def main(argv):
   sio.check_replaceable(FLAGS.out, checkpoint.KIND)  # before the long load: a bad --out fails at once
   if FLAGS.tokenizer and not os.path.isdir(FLAGS.tokenizer):
     raise UserError(f"--tokenizer {FLAGS.tokenizer} is not a directory")
-  sharding.maybe_initialize_distributed()
+  pod.initialize()
   start = time.time()
   out = checkpoint.convert(FLAGS.model, FLAGS.out, jnp.dtype(FLAGS.dtype), FLAGS.tokenizer)
   if not pod.is_writer():

@@ -41,7 +41,7 @@ from sae_jax.features.reasonscore import ReasonScores, reasonscore_corpus
 from sae_jax.features.vocab import Vocabulary, load_reason_strings
 from sae_jax.models.checkpoint import ModelSpec
 from sae_jax.models import sharding as shd
-from sae_jax.models.sharding import MeshConfig, batch_sharding, maybe_initialize_distributed
+from sae_jax.models.sharding import MeshConfig, batch_sharding
 from sae_jax.sae import SAE, SAEConfig, load_sae
 from sae_jax.sae.splice_eval import reconstruction_eval, splice_metrics
 from sae_jax.sae.trainer import BatchStream, StopSignals, TrainerOptions, check_mesh, finished
@@ -328,7 +328,7 @@ def collect(c, out: str, shard_tokens: int, max_batches: int = 0) -> dict:
   if max_batches < 0:
     raise UserError(f"--max_batches={max_batches}: expected an integer >= 0 (0: the whole corpus)")
   sio.check_output_dir(out, "activation cache")
-  maybe_initialize_distributed()
+  pod.initialize()
   start = time.time()
   sae_cfg = section(c, "sae")
   source = model_source(c, sae_cfg, section(c, "mesh").make())
@@ -354,7 +354,7 @@ def train(c) -> dict:
   """
   stop = StopSignals()
   try:
-    maybe_initialize_distributed()
+    pod.initialize()
     sae_cfg, opts = section(c, "sae"), section(c, "trainer")
     opts.check(sae_cfg)
     sio.check_output_dir(opts.out_dir, "trainer.out_dir")
@@ -433,7 +433,7 @@ class _FeatureInputs:
 def _feature_inputs(c, sae_dir: str, given=(), what: str = "the model") -> _FeatureInputs:
   """The SAE and mesh; exactly one of `model.path` and `activations.cache_dir` must be set (`given`: the
   config keys set on the command line, as a cache refuses corpus keys)."""
-  maybe_initialize_distributed()
+  pod.initialize()
   mesh = section(c, "mesh").make()
   sae = load_sae(sae_dir)
   hook = section(c, "hook")
@@ -628,7 +628,7 @@ def evaluate(c, sae_dir: str, out: str, dashboard: str = "") -> dict:
   """The benchmarks of `tasks` sampled as `sampling` says, unsteered and steered by `steering`'s features of
   the SAE at `sae_dir` (none: the baseline alone), on one engine. Resumes from `out`'s samples.jsonl; writes the
   report there and returns pass@1 and mean lengths per (task, setting)."""
-  maybe_initialize_distributed()
+  pod.initialize()
   start = time.time()
   sampling, engine, steering = section(c, "sampling"), section(c, "engine"), section(c, "steering")
   sampling.validate()

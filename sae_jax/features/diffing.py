@@ -20,7 +20,8 @@ import numpy as np
 from sae_jax import io as sio
 from sae_jax import pod
 from sae_jax.errors import UserError
-from sae_jax.features.reasonscore import EPS, PAPER_ALPHA, ReasonScoreAccumulator, ReasonScores, feed_rows
+from sae_jax.features.reasonscore import (EPS, PAPER_ALPHA, ReasonScoreAccumulator, ReasonScores, feed_rows,
+                                          real_tokens)
 from sae_jax.models import sharding as shd
 from sae_jax.sae import SAE
 
@@ -61,15 +62,12 @@ class FeatureStatsAccumulator(ReasonScoreAccumulator):
     self._zero = jax.jit(lambda s: jax.tree.map(jnp.zeros_like, s), out_shardings=shardings)
 
   def _make_step(self):
-    base = super()._make_step()
-    ignore = np.asarray(self.ignore_ids, np.int64)
+    base, ignore = super()._make_step(), self.ignore_ids
 
     def step(state, sae, tokens, acts, n_rows):
       out = base({"sums": state["sums"], "counts": state["counts"]}, sae, tokens, acts, n_rows)
       features = sae.encode(acts)
-      real = (jnp.arange(tokens.shape[0]) < n_rows)[:, None]
-      keep = ~jnp.isin(tokens, jnp.asarray(ignore.astype(tokens.dtype))) & real
-      fired = (features > 0) & keep[..., None]
+      fired = (features > 0) & real_tokens(tokens, n_rows, ignore)[..., None]
       return {**out, "active": state["active"] + fired.sum(axis=(0, 1), dtype=jnp.int32)}
 
     return step

@@ -110,6 +110,15 @@ def _sha256(path: str) -> str:
     return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def real_tokens(tokens, n_rows, ignore_ids=()):
+  """[B, T] bool (jnp): tokens of the batch's real rows (index < `n_rows`; the rest pads a short last batch)
+  that are not in `ignore_ids`."""
+  real = jnp.broadcast_to((jnp.arange(tokens.shape[0]) < n_rows)[:, None], tokens.shape)
+  if len(ignore_ids):
+    real = real & ~jnp.isin(tokens, jnp.asarray(np.asarray(ignore_ids, np.int64).astype(tokens.dtype)))
+  return real
+
+
 def _mask_rows(masks, xp):
   """[2 + n_groups, B, L]: pos, neg, then each group; the rows of the sums and counts."""
   return xp.concatenate([masks.pos[None], masks.neg[None], masks.groups])
@@ -185,8 +194,7 @@ def make_step(vocab: Vocabulary, *, window=PAPER_WINDOW, mode: str = "reference"
   """
 
   def step(state, sae, tokens, acts, n_rows):
-    real = jnp.arange(tokens.shape[0]) < n_rows
-    rows = _mask_rows(reason_masks(tokens, vocab, window, mode, ignore_ids), jnp) & real[None, :, None]
+    rows = _mask_rows(reason_masks(tokens, vocab, window, mode, ignore_ids), jnp) & real_tokens(tokens, n_rows)[None]
     features = sae.encode(acts)
     if mesh is not None:
       features = jax.lax.with_sharding_constraint(

@@ -10,7 +10,6 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from sae_jax import pod
 from sae_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "model")
@@ -56,11 +55,6 @@ class MeshConfig:
 
   def make(self, devices=None) -> Mesh:
     return make_mesh(self.data, self.fsdp, self.model, devices=devices)
-
-
-def maybe_initialize_distributed() -> None:
-  """A pod's processes need `jax.distributed.initialize()` before any other JAX call (`sae_jax.pod`)."""
-  pod.initialize()
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, model: int = 1, devices=None) -> Mesh:

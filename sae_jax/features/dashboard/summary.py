@@ -22,22 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae_jax.errors import UserError
-from sae_jax.features.reasonscore import latent_sharding
+from sae_jax import pod
+from sae_jax.features.reasonscore import latent_sharding, real_tokens
 from sae_jax.models import sharding as shd
 from sae_jax.sae import SAE
 
 MAX_COACTIVATION = 2**28  # shown features x d_sae co-activation counts kept on device (1 GiB of int32)
 _BLOCK_FLOATS = 2**24  # decoder cosines computed per block of shown features: at most this many at once
 _RANDOM_PAIRS = 4096  # random latent pairs for the baseline decoder cosine
-
-
-def _valid(tokens, n_rows, ignore_ids):
-  """[B, T] bool: a real row (index < n_rows) and a token not in `ignore_ids`."""
-  real = (jnp.arange(tokens.shape[0]) < n_rows)[:, None]
-  ignored = jnp.zeros(tokens.shape, bool)
-  for i in ignore_ids:
-    ignored = ignored | (tokens == i)
-  return real & ~ignored
 
 
 def make_summary_step(features, ignore_ids=(), mesh=None):
@@ -51,7 +43,7 @@ def make_summary_step(features, ignore_ids=(), mesh=None):
   ignore_ids = tuple(int(i) for i in ignore_ids)
 
   def step(state, sae, tokens, acts, n_rows):
-    valid = _valid(tokens, n_rows, ignore_ids)
+    valid = real_tokens(tokens, n_rows, ignore_ids)
     f = sae.encode(acts)  # [B, T, d_sae]
     if mesh is not None:
       f = jax.lax.with_sharding_constraint(f, shd.logical_sharding(("batch", None, "latent"), f.shape, mesh))
@@ -116,18 +108,18 @@ class SummaryAccumulator:
   def update(self, tokens, acts, n_rows: int):
     """Adds rows [:n_rows] of one batch; returns the shown features' activations [B, T, F] (on device)."""
     with jax.default_matmul_precision(self.matmul_precision):
-      self._state, shown, moments = self._step(self._state, self.sae, tokens, acts, jnp.int32(n_rows))
+      self._state, shown, moments = self._step(self._state, self.sae, tokens, acts, np.int32(n_rows))
     self._moments.append(moments)
     return shown
 
   def counts(self) -> tuple[np.ndarray, np.ndarray]:
     """Host copies: fired [d_sae] and co-activation [F, d_sae]."""
-    state = jax.device_get(self._state)
+    state = pod.to_host(self._state)
     return np.asarray(state["fired"], np.int64), np.asarray(state["coact"], np.int64)
 
   def finalize(self, dense_threshold: float) -> dict:
     """The SAE's numbers on these tokens (JSON-ready); `fired` and `coact` stay for the neighbours."""
-    n, variance, sse, ev = combine_moments(jax.device_get(self._moments))
+    n, variance, sse, ev = combine_moments(pod.to_host(self._moments))
     fired, _ = self.counts()
     density = fired / max(n, 1)
     return {"n_tokens": n, "d_sae": self.d_sae, "l0": float(fired.sum() / max(n, 1)),
